@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine (Python 3.10+ and the package registries):
+#   make course   - create .venv if missing, install, open the course in JupyterLab
+#   make test     - create .venv if missing, install, run every test (unit, notebooks, browser)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: course test install browser clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch first, pinned: the CPU wheel (an unpinned torch would pull a multi-GB CUDA build)
+	$(BIN)/python -m pip install "torch==2.13.0"
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+# Debian's chromium for the browser tests (root with apt-get only; elsewhere those tests skip)
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+
+clean-venv:
+	rm -rf $(VENV)

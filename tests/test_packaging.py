@@ -1,0 +1,41 @@
+"""Install files agree with each other and keep CUDA builds of torch out."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject_deps():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = list(data["project"]["dependencies"])
+    for extra in data["project"]["optional-dependencies"].values():
+        deps += extra
+    return deps
+
+
+def test_environment_yml_matches_pyproject():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_deps = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    norm = lambda ds: sorted(re.sub(r"\s+", "", d).lower() for d in ds)
+    assert norm(pip_deps) == norm(pyproject_deps())
+
+
+def test_torch_is_pinned_to_the_cpu_wheel_version():
+    torch_specs = [d for d in pyproject_deps() if re.match(r"torch\b", d)]
+    assert torch_specs == ["torch==2.13.0"], torch_specs
+
+
+def test_cli_info_runs():
+    r = subprocess.run([sys.executable, "-m", "mtp_lab.cli", "info", "--preset", "tiny"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert '"total": 49632' in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "mtp_lab.cli", "info", "--preset", "nope"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr
