@@ -21,6 +21,8 @@ class ModelConfig:
     mtp_input_norm: bool = True   # True: feed MTP module k the hidden state AFTER the previous stage's final
                                   # norm (vLLM/SGLang); False: the state before it (an early vLLM variant)
     init_std: float = 0.02        # standard deviation of the normal initialisation of weights
+    fp8: str = "none"             # which block linears run in simulated FP8 (DeepSeek-V3 recipe, mtp_lab.fp8_linear):
+                                  # "none" | "main" (main blocks) | "mtp" (MTP modules) | "all"
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
@@ -43,6 +45,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta!r}")
         if not self.init_std > 0:
             raise ValueError(f"ModelConfig.init_std must be > 0, got {self.init_std!r}")
+        if self.fp8 not in ("none", "main", "mtp", "all"):
+            raise ValueError(f"ModelConfig.fp8 must be one of 'none', 'main', 'mtp', 'all' (which block "
+                             f"linears run in FP8), got {self.fp8!r}")
 
     @property
     def head_dim(self) -> int:

@@ -91,6 +91,9 @@ class MTPModel(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)       # shared with every MTP module
         self.mtp = nn.ModuleList(MTPModule(config) for _ in range(config.mtp_depth))
         self.reset_parameters()
+        if config.fp8 != "none":
+            from .fp8_linear import apply_fp8_recipe  # lazy: the FP8 simulation loads only when asked for
+            apply_fp8_recipe(self, scope=config.fp8)
 
     def reset_parameters(self) -> None:
         std = self.config.init_std

@@ -1,0 +1,281 @@
+"""FP8 numbers as DeepSeek-V3 uses them (report section 3.3): formats, fine-grained scaling, the GEMM.
+
+Everything here is a faithful *simulation*: values are rounded to FP8 by torch's own casts
+(torch.float8_e4m3fn / torch.float8_e5m2, round-to-nearest-even), scaled per group, and multiplied in
+FP32. On GPUs that have FP8 tensor cores (compute capability >= 8.9) `scaled_matmul(...,
+backend="scaled_mm")` runs the same scheme on real FP8 GEMMs (torch._scaled_mm).
+
+Scaling (online, from the group's max absolute value):
+    s = amax / fmt.max          ("amax")   or   s = 2^ceil(log2(amax / fmt.max))   ("pow2", ue8m0)
+    q = cast_fp8(clamp(x / s, -fmt.max, fmt.max)),   x ~= q * s
+Groups: "tensor" (one scale), "tile" (1 x 128 along the last dim: activations, per token per 128
+channels), "block" (128 x 128 of a 2-D weight). Shapes that are not multiples of the group are
+zero-padded for the scale computation only. All-zero groups: amax is clamped to >= amax_floor (1e-4,
+as in DeepSeek's later kernels), so their scale is finite and they quantize to exact zeros.
+NaN or inf inputs raise ValueError: a scale computed from them would silently poison the whole group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+GRANULARITIES = ("tensor", "tile", "block")
+SCALE_MODES = ("amax", "pow2")
+BACKENDS = ("dequant", "chunked", "scaled_mm")
+AMAX_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class FP8Format:
+    """One 8-bit float format; every number is read from torch.finfo of its dtype."""
+    name: str
+    dtype: torch.dtype
+    max: float            # largest finite value (saturation point)
+    min_normal: float     # smallest positive normal value
+    min_subnormal: float  # smallest positive value; anything below half of it rounds to 0
+    mantissa_bits: int    # explicit fraction bits (3 for E4M3, 2 for E5M2)
+
+    @property
+    def rel_error_bound(self) -> float:
+        """Round-to-nearest error bound for values in the normal range: half an ulp, |e| <= 2^-(m+1)."""
+        return 2.0 ** -(self.mantissa_bits + 1)
+
+    @classmethod
+    def from_dtype(cls, name: str, dtype: torch.dtype) -> "FP8Format":
+        fi = torch.finfo(dtype)
+        return cls(name, dtype, float(fi.max), float(fi.smallest_normal),
+                   float(fi.smallest_normal * fi.eps), int(round(-math.log2(fi.eps))))
+
+
+FORMATS: dict[str, FP8Format] = {
+    "e4m3": FP8Format.from_dtype("e4m3", torch.float8_e4m3fn),  # max 448, no inf: DeepSeek-V3's only format
+    "e5m2": FP8Format.from_dtype("e5m2", torch.float8_e5m2),    # max 57344, has inf: earlier works' backward
+}
+
+
+def get_format(fmt: str | FP8Format) -> FP8Format:
+    if isinstance(fmt, FP8Format):
+        return fmt
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown FP8 format {fmt!r}; choose one of {sorted(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def _check(granularity: str, block_size: int) -> None:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+
+
+def _groups(x: torch.Tensor, granularity: str, block_size: int) -> torch.Tensor:
+    """Zero-pad x and view it as groups: tensor (1, n); tile (..., nK, bs); block (nN, bs, nK, bs)."""
+    if granularity == "tensor":
+        return x.reshape(1, -1)
+    K, bs = x.shape[-1], block_size
+    nK = -(-K // bs)
+    if granularity == "tile":
+        return F.pad(x, (0, nK * bs - K)).reshape(*x.shape[:-1], nK, bs)
+    if x.dim() != 2:
+        raise ValueError(f"block granularity is for 2-D weights (out, in), got shape {tuple(x.shape)}; "
+                         f"use granularity='tile' for activations")
+    N = x.shape[0]
+    nN = -(-N // bs)
+    return F.pad(x, (0, nK * bs - K, 0, nN * bs - N)).reshape(nN, bs, nK, bs)
+
+
+def _ungroup(g: torch.Tensor, shape: torch.Size, granularity: str) -> torch.Tensor:
+    """Inverse of _groups: back to the original (unpadded) shape."""
+    if granularity == "tensor":
+        return g.reshape(shape)
+    if granularity == "tile":
+        return g.flatten(-2)[..., :shape[-1]]
+    return g.flatten(2).flatten(0, 1)[:shape[0], :shape[1]]
+
+
+def _group_dims(granularity: str) -> tuple[int, ...]:
+    return {"tensor": (-1,), "tile": (-1,), "block": (1, 3)}[granularity]
+
+
+def _scale_view(scale: torch.Tensor, granularity: str) -> torch.Tensor:
+    """Give a per-group scale the singleton dims that broadcast it against the grouped view."""
+    if granularity == "block":
+        return scale[:, None, :, None]
+    return scale.reshape(1, 1) if granularity == "tensor" else scale[..., None]
+
+
+def _check_finite(amax: torch.Tensor) -> None:
+    # max() propagates NaN and inf, so checking the per-group amax checks every element
+    if not torch.isfinite(amax).all():
+        raise ValueError("FP8 quantize: input contains NaN or inf; FP8 scaling needs finite values "
+                         "(check the loss/gradients upstream, or lower the learning rate)")
+
+
+def compute_scale(amax: torch.Tensor, fmt: str | FP8Format = "e4m3", scale: str = "amax",
+                  amax_floor: float = AMAX_FLOOR) -> torch.Tensor:
+    """Scale from a group's max |x|:  s = max(amax, floor) / fmt.max, or its next power of two ("pow2")."""
+    f = get_format(fmt)
+    if scale not in SCALE_MODES:
+        raise ValueError(f"unknown scale mode {scale!r}; choose one of {SCALE_MODES}")
+    _check_finite(amax)
+    s = amax.float().clamp_min(amax_floor) / f.max
+    # pow2: s = 2^ceil(log2(amax / max)) >= amax / max, so amax / s <= max still holds
+    return torch.exp2(torch.ceil(torch.log2(s))) if scale == "pow2" else s
+
+
+def quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: str = "tensor",
+             block_size: int = 128, scale: str | float = "amax", amax_floor: float = AMAX_FLOOR
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x -> (q in fmt's float8 dtype with x's shape, float32 scale per group).
+
+    Scale shapes: tensor (); tile (*x.shape[:-1], ceil(K/bs)); block (ceil(N/bs), ceil(K/bs)).
+    `scale` may also be a fixed positive number (a delayed/static scale): values beyond
+    fmt.max * scale then saturate to +-fmt.max, which online amax scaling never does.
+    """
+    f = get_format(fmt)
+    _check(granularity, block_size)
+    g = _groups(x.float(), granularity, block_size)
+    amax = g.abs().amax(dim=_group_dims(granularity))                       # one per group
+    if isinstance(scale, str):
+        s = compute_scale(amax, f, scale, amax_floor)
+    else:
+        if not (isinstance(scale, (int, float)) and scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"scale must be 'amax', 'pow2' or a positive finite number, got {scale!r}")
+        _check_finite(amax)
+        s = torch.full_like(amax, float(scale))
+    # explicit saturation at +-max BEFORE the cast (e5m2 would otherwise turn large values into inf)
+    q = (g / _scale_view(s, granularity)).clamp(-f.max, f.max).to(f.dtype)
+    return _ungroup(q, x.shape, granularity), (s.reshape(()) if granularity == "tensor" else s)
+
+
+def expand_scale(scale: torch.Tensor, shape: torch.Size, granularity: str, block_size: int = 128
+                 ) -> torch.Tensor:
+    """The per-group scale repeated to one value per element of a tensor of `shape`."""
+    _check(granularity, block_size)
+    if granularity == "tensor":
+        return scale.expand(shape)
+    if granularity == "tile":
+        return scale.repeat_interleave(block_size, dim=-1)[..., :shape[-1]]
+    return scale.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)[:shape[0], :shape[1]]
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str = "tensor", block_size: int = 128
+               ) -> torch.Tensor:
+    """x ~= q * s, in float32 (float8 arithmetic is not implemented on CPU: always compute in fp32)."""
+    return q.float() * expand_scale(scale, q.shape, granularity, block_size)
+
+
+def fake_quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: str = "tensor",
+                  block_size: int = 128, scale: str | float = "amax") -> torch.Tensor:
+    """dequantize(quantize(x)): what the FP8 GEMM actually sees, in float32."""
+    q, s = quantize(x, fmt, granularity, block_size, scale)
+    return dequantize(q, s, granularity, block_size)
+
+
+# ----------------------------------------------------------------------------- the GEMM
+
+def chunk_scales(scale: torch.Tensor, granularity: str, rows: int, k: int, block_size: int = 128
+                 ) -> torch.Tensor:
+    """Scales as the GEMM kernel reads them: one per (row, 128-wide K chunk), shape (rows, ceil(K/bs)).
+
+    A tile scale already is that (after flattening leading dims); a 128x128 block scale is shared by
+    the block's 128 rows; a tensor scale by everything.
+    """
+    nK = -(-k // block_size)
+    if granularity == "tensor":
+        return scale.reshape(1, 1).expand(rows, nK)
+    if granularity == "tile":
+        return scale.reshape(rows, nK)
+    return scale.repeat_interleave(block_size, 0)[:rows]
+
+
+def scaled_matmul(qa: torch.Tensor, sa: torch.Tensor, qb: torch.Tensor, sb: torch.Tensor,
+                  block_size: int = 128, backend: str = "dequant") -> torch.Tensor:
+    """C = A B^T from FP8 operands qa (M, K), qb (N, K) and chunk scales sa (M, nK), sb (N, nK); fp32 (M, N).
+
+    The released kernel's scheme, chunk c = K columns c*bs .. (c+1)*bs - 1:
+        C = sum_c  sa[:, c] sb[:, c]^T * (qa_c qb_c^T)        every partial product promoted to FP32
+    backend "chunked": that sum literally, one partial product per chunk.
+            "dequant": (qa * sa) (qb * sb)^T as ONE fp32 matmul -- the same value in exact arithmetic,
+                       differing only in fp32 rounding; the fast CPU simulation used for training.
+            "scaled_mm": each partial product on real FP8 tensor cores (torch._scaled_mm, fp32 output),
+                       then scaled and accumulated in FP32 like the kernel.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    (M, K), N, nK = qa.shape, qb.shape[0], sa.shape[1]
+    if backend == "dequant":
+        a = qa.float() * sa.repeat_interleave(block_size, 1)[:, :K]                 # (M, K)
+        b = qb.float() * sb.repeat_interleave(block_size, 1)[:, :K]                 # (N, K)
+        return a @ b.t()                                                            # (M, N)
+    out = torch.zeros(M, N, device=qa.device, dtype=torch.float32)
+    for c in range(nK):
+        cols = slice(c * block_size, min((c + 1) * block_size, K))
+        if backend == "chunked":
+            partial = qa[:, cols].float() @ qb[:, cols].float().t()                # (M, N), exact products
+        else:
+            partial = _scaled_mm_chunk(qa[:, cols], qb[:, cols])
+        out += sa[:, c, None] * sb[None, :, c] * partial                            # FP32 accumulation
+    return out
+
+
+def _scaled_mm_chunk(qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
+    """qa (M, k) @ qb (N, k)^T on FP8 GEMM hardware with unit scales, FP32 output.
+
+    torch._scaled_mm wants mat1 row-major, mat2 column-major and every dimension a multiple of 16, so
+    the chunk is zero-padded (exactly representable) and the result cropped.
+    """
+    (M, k), N = qa.shape, qb.shape[0]
+    pad = lambda t, rows: F.pad(t.float(), (0, -k % 16, 0, -rows % 16)).to(qa.dtype).contiguous()
+    one = torch.ones((), device=qa.device, dtype=torch.float32)
+    y = torch._scaled_mm(pad(qa, M), pad(qb, N).t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+    return y[:M, :N]
+
+
+def scaled_mm_available(device: torch.device | str | None = None) -> bool:
+    """True on CUDA GPUs with FP8 tensor cores (compute capability >= 8.9: Ada, Hopper, Blackwell)."""
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt: str | FP8Format = "e4m3", block_size: int = 128,
+               scale: str = "amax", backend: str = "chunked") -> torch.Tensor:
+    """a (..., K) @ b (N, K)^T -> (..., N) fp32, with DeepSeek-V3's fine-grained FP8 scaling.
+
+    a: activations, quantized per 1 x 128 tile; b: a weight (out, in), quantized per 128 x 128 block.
+    """
+    if b.dim() != 2 or a.shape[-1] != b.shape[1]:
+        raise ValueError(f"fp8_matmul computes a @ b.T: need a (..., K) and b (N, K), got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    K, lead = a.shape[-1], a.shape[:-1]
+    qa, sa = quantize(a.reshape(-1, K), fmt, "tile", block_size, scale)
+    qb, sb = quantize(b, fmt, "block", block_size, scale)
+    y = scaled_matmul(qa, sa, qb, chunk_scales(sb, "block", b.shape[0], K, block_size), block_size, backend)
+    return y.reshape(*lead, b.shape[0])
+
+
+def quant_stats(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, granularity: str,
+                block_size: int = 128, fmt: str | FP8Format = "e4m3") -> dict:
+    """What quantization did to x: the numbers the FP8 visualizer shows.
+
+    amax; scale (per group, on CPU) and its range; underflow = share of NONZERO values that became 0;
+    saturated = share with |x / s| > fmt.max (clipped; 0 under online amax scaling by construction);
+    rel_error = ||dequantize(q) - x|| / ||x||.
+    """
+    x = x.detach().float()
+    s_full = expand_scale(scale, x.shape, granularity, block_size)
+    x_hat = q.float() * s_full
+    nonzero = x != 0
+    return {
+        "amax": float(x.abs().max()) if x.numel() else 0.0,
+        "scale": scale.detach().float().cpu(),
+        "scale_min": float(scale.min()), "scale_max": float(scale.max()),
+        "underflow": float(((x_hat == 0) & nonzero).sum() / nonzero.sum().clamp_min(1)),
+        "saturated": float(((x / s_full).abs() > get_format(fmt).max).float().mean()),
+        "rel_error": float((x_hat - x).norm() / x.norm().clamp_min(torch.finfo(torch.float32).tiny)),
+    }
