@@ -1,6 +1,8 @@
 """mtp_lab: DeepSeek-V3-style Multi-Token Prediction, small enough to read, faithful enough to trust."""
 
 from .config import PRESETS, ModelConfig, get_preset
+from .fp8 import FORMATS, FP8Format, accumulation_error_vs_k, dequantize, fp8_matmul, quantize
+from .fp8_linear import FP8Linear, apply_fp8_recipe, fp8_stats, record_fp8_stats
 from .layers import KVCache, RMSNorm
 from .loss import LossParts, mtp_lambda, mtp_loss
 from .model import ModelCache, MTPModel, MTPModule, MTPOutput
@@ -10,4 +12,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ModelConfig", "PRESETS", "get_preset", "MTPModel", "MTPModule", "MTPOutput", "ModelCache",
     "KVCache", "RMSNorm", "mtp_loss", "mtp_lambda", "LossParts", "__version__",
+    "FORMATS", "FP8Format", "quantize", "dequantize", "fp8_matmul", "accumulation_error_vs_k",
+    "FP8Linear", "apply_fp8_recipe", "record_fp8_stats", "fp8_stats",
 ]

@@ -279,3 +279,69 @@ def quant_stats(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, granulari
         "saturated": float(((x / s_full).abs() > get_format(fmt).max).float().mean()),
         "rel_error": float((x_hat - x).norm() / x.norm().clamp_min(torch.finfo(torch.float32).tiny)),
     }
+
+
+# ----------------------------------------------------------------------------- accumulation precision
+
+def round_to_bits(x: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
+    """Keep `mantissa_bits` fraction bits of each float64 significand and drop the rest (toward zero).
+
+    An IEEE double is sign | 11-bit exponent | 52 fraction bits, sign-magnitude: clearing the lowest
+    52 - mantissa_bits fraction bits truncates |x| and keeps the sign, i.e. rounds toward zero.
+    """
+    if x.dtype != torch.float64 or not 0 <= mantissa_bits <= 52:
+        raise ValueError(f"round_to_bits needs float64 input and 0 <= mantissa_bits <= 52, got {x.dtype}, "
+                         f"{mantissa_bits}")
+    return (x.view(torch.int64) & ~((1 << (52 - mantissa_bits)) - 1)).view(torch.float64)
+
+
+def limited_precision_matmul(a: torch.Tensor, b: torch.Tensor, mantissa_bits: int = 14,
+                             promote_every: int | None = 128) -> torch.Tensor:
+    """C = a (M, K) @ b (N, K)^T summed the way an FP8 tensor core does; fp32 (M, N).
+
+    The tensor core's running sum keeps only ~14 fraction bits (H800, report section 3.3): bits
+    shifted out while aligning each addend are lost, modelled as round-toward-zero after every add:
+        S_j = round_to_bits(S_{j-1} + a_j b_j)
+    promote_every = N_C: every N_C products the partial sum is copied to an FP32 register
+    accumulator and restarted (DeepSeek-V3: N_C = 128); None: all K products stay in the tensor core.
+    Computed in float64 so that the only rounding is the one being modelled; all chunks run at once.
+    """
+    (M, K), N = a.shape, b.shape[0]
+    L = K if promote_every is None else promote_every
+    if L <= 0:
+        raise ValueError(f"promote_every must be a positive number of K elements or None, got {promote_every!r}")
+    nC = -(-K // L)
+    a3 = F.pad(a.double(), (0, nC * L - K)).reshape(M, nC, L).permute(2, 1, 0).contiguous()  # (L, nC, M)
+    b3 = F.pad(b.double(), (0, nC * L - K)).reshape(N, nC, L).permute(2, 1, 0).contiguous()  # (L, nC, N)
+    acc = torch.zeros(nC, M, N, dtype=torch.float64, device=a.device)
+    for j in range(L):  # sequential inside a chunk, every chunk at once
+        acc = round_to_bits(acc + a3[j, :, :, None] * b3[j, :, None, :], mantissa_bits)  # (nC, M, N)
+    out = torch.zeros(M, N, dtype=torch.float32, device=a.device)
+    for c in range(nC):  # promotion: FP32 additions of the chunk partial sums
+        out += acc[c].float()
+    return out
+
+
+def accumulation_error_vs_k(ks=(128, 256, 512, 1024, 2048, 4096), m: int = 32, n: int = 32,
+                            mantissa_bits: int = 14, promote_every: int = 128, seed: int = 0) -> list[dict]:
+    """Relative error ||C - C_exact||_F / ||C_exact||_F of an FP8 GEMM's accumulation, against K.
+
+    Inputs: randn activations (1x128 tiles) and weights (128x128 blocks), quantized to E4M3; C_exact
+    is the float64 product of the SAME quantized values, so only accumulation error is measured.
+    Columns: "limited" (all K in the ~14-bit accumulator), "promoted" (FP32 promotion every N_C),
+    "fp32" (the released kernel: per-chunk scaled partial products summed in FP32).
+    """
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for k in ks:
+        a, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+        qa, sa = quantize(a, "e4m3", "tile")
+        qb, sb = quantize(b, "e4m3", "block")
+        a_hat, b_hat = dequantize(qa, sa, "tile"), dequantize(qb, sb, "block")
+        exact = a_hat.double() @ b_hat.double().t()
+        err = lambda c: float((c.double() - exact).norm() / exact.norm())
+        rows.append({"k": k,
+                     "limited": err(limited_precision_matmul(a_hat, b_hat, mantissa_bits, None)),
+                     "promoted": err(limited_precision_matmul(a_hat, b_hat, mantissa_bits, promote_every)),
+                     "fp32": err(scaled_matmul(qa, sa, qb, chunk_scales(sb, "block", n, k), backend="chunked"))})
+    return rows
