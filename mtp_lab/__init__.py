@@ -9,6 +9,14 @@ from .model import ModelCache, MTPModel, MTPModule, MTPOutput
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    """`mtp_lab.viz` (plotly, ipywidgets) is imported on first use, not with the package."""
+    if name == "viz":
+        import importlib
+        return importlib.import_module(".viz", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ModelConfig", "PRESETS", "get_preset", "MTPModel", "MTPModule", "MTPOutput", "ModelCache",
     "KVCache", "RMSNorm", "mtp_loss", "mtp_lambda", "LossParts", "__version__",

@@ -1,0 +1,158 @@
+"""Plumbing shared by every view: widget-or-static choice, throttled redraws, tokenizer access.
+
+A view is a `Dashboard`: its figures are created once and updated in place (`batch_update`, whole
+arrays replaced). In JupyterLab the figures are plotly FigureWidgets inside ipywidgets containers;
+where no widget front end exists (a terminal, a static render, MTP_LAB_STATIC=1) the same figures
+are plain `go.Figure`s and the dashboard displays as static HTML instead of failing.
+"""
+
+from __future__ import annotations
+
+import abc
+import html
+import math
+import os
+import threading
+import time
+from typing import Callable
+
+import plotly.graph_objects as go
+import torch
+
+MAX_REDRAWS_PER_SECOND = 20  # what a browser comfortably draws; each redraw is one batch_update message
+
+
+def widgets_available() -> bool:
+    """True when a widget front end can show FigureWidgets: a Jupyter kernel and anywidget installed.
+
+    Set the environment variable MTP_LAB_STATIC=1 to force static figures (for HTML exports).
+    """
+    if os.environ.get("MTP_LAB_STATIC", "0") not in ("", "0"):
+        return False
+    try:
+        from IPython import get_ipython
+        import anywidget  # noqa: F401  (go.FigureWidget needs it)
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class Throttle:
+    """Redraw at most `max_per_second` times a second; a request that comes too early is kept and
+    drawn when the interval has passed (trailing edge), so the last state always reaches the screen.
+
+    `request()` draws at once when allowed, else marks the frame pending and (with `trailing=True`)
+    starts a timer that draws it. `flush()` draws a pending frame now (end of a run, tests).
+    """
+
+    def __init__(self, draw: Callable[[], None], max_per_second: float = MAX_REDRAWS_PER_SECOND,
+                 clock: Callable[[], float] = time.monotonic, trailing: bool = True):
+        if not max_per_second > 0:
+            raise ValueError(f"max_per_second must be > 0, got {max_per_second!r}")
+        self.draw, self.clock, self.trailing = draw, clock, trailing
+        self.min_interval = 1.0 / max_per_second
+        self.last = -math.inf
+        self.pending = False
+        self.redraws = 0
+        self._timer: threading.Timer | None = None
+        self._lock = threading.RLock()
+
+    def request(self) -> bool:
+        """Ask for a redraw. Returns True if it was drawn now, False if deferred."""
+        with self._lock:
+            wait = self.last + self.min_interval - self.clock()
+            if wait <= 0:
+                self._draw_locked()
+                return True
+            self.pending = True
+            if self.trailing and self._timer is None:
+                self._timer = threading.Timer(wait, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+            return False
+
+    def flush(self) -> None:
+        """Draw the pending frame, if any, now."""
+        with self._lock:
+            if self.pending:
+                self._draw_locked()
+
+    def _draw_locked(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.pending = False
+        self.last = self.clock()
+        self.redraws += 1
+        self.draw()
+
+
+class Dashboard(abc.ABC):
+    """Base of every view: `self.fig` (or several figures), controls, a handler per control.
+
+    Subclasses build their figures with `self.new_figure(...)`, put their widgets in
+    `self.widget`, and compute into plain data before calling `self.redraw.request()`.
+    """
+
+    def __init__(self, interactive: bool | None = None, max_redraws_per_second: float = MAX_REDRAWS_PER_SECOND):
+        self.interactive = widgets_available() if interactive is None else bool(interactive)
+        self.figures: list[go.Figure] = []
+        self.widget = None  # the ipywidgets container, set by interactive subclasses
+        self.redraw = Throttle(self.draw, max_redraws_per_second)
+
+    def new_figure(self, fig: go.Figure | None = None) -> go.Figure:
+        """A FigureWidget (interactive) or a plain Figure (static) with `fig`'s traces and layout."""
+        fig = fig if fig is not None else go.Figure()
+        out = go.FigureWidget(fig) if self.interactive else go.Figure(fig)
+        self.figures.append(out)
+        return out
+
+    @abc.abstractmethod
+    def draw(self) -> None:
+        """Push the current data into the figures (one batch_update per figure)."""
+
+    def flush(self) -> None:
+        """Draw any throttled, not yet drawn frame now."""
+        self.redraw.flush()
+
+    def to_html(self) -> str:
+        """Static HTML of every figure (plotly.js from its CDN), for static renders."""
+        parts = [f.to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False)
+                 for i, f in enumerate(self.figures)]
+        return "\n".join(parts)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if self.interactive and self.widget is not None:
+            return self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        return {"text/html": self.to_html(), "text/plain": repr(self)}
+
+    def __repr__(self) -> str:
+        mode = "widgets" if self.interactive else "static"
+        return f"<{type(self).__name__} ({mode}, {len(self.figures)} figure(s))>"
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` for a `tokenizers.Tokenizer` (Encoding.ids) or any encode() -> list[int]."""
+    out = tokenizer.encode(text)
+    ids = getattr(out, "ids", out)
+    return [int(i) for i in ids]
+
+
+def token_texts(tokenizer, ids) -> list[str]:
+    """Readable text of each token id on its own (partial UTF-8 bytes decode to the replacement char)."""
+    return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def prompt_tokens(model, tokenizer, text: str) -> torch.Tensor:
+    """(1, T) ids of `text` on the model's device, keeping the last max_seq_len tokens."""
+    ids = encode(tokenizer, text)
+    if not ids:
+        raise ValueError("the prompt is empty after tokenization; type at least one character")
+    ids = ids[-model.config.max_seq_len:]
+    return torch.tensor([ids], dtype=torch.long, device=model.head.weight.device)
+
+
+def escape(s: str) -> str:
+    """HTML-escape a token's text and make whitespace visible."""
+    return html.escape(s).replace("\n", "\u21b5").replace(" ", "&nbsp;") or "&#8203;"

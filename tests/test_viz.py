@@ -1,0 +1,202 @@
+"""Headless tests of mtp_lab.viz: plain figure-data functions against hand references, and every
+dashboard driven by setting widget values (no kernel, no browser) and reading the figure data back."""
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from mtp_lab import MTPModel, get_preset
+from mtp_lab.viz.architecture import architecture_graph, architecture_view
+from mtp_lab.viz.common import Throttle, widgets_available
+from mtp_lab.viz.rmsnorm import capture_norms, eps_response, rmsnorm_dashboard, site_summary, vector_stats
+
+
+class ByteTokenizer:
+    """Stand-in tokenizer for tests: one token per UTF-8 byte."""
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MTPModel(get_preset("tiny", vocab_size=256)).eval()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return ByteTokenizer()
+
+
+def trace(dash, key):
+    return dash.fig.data[dash.trace[key]]
+
+
+# ---------------------------------------------------------------- common
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_throttle_limits_rate_and_keeps_last_frame():
+    clock, frames = FakeClock(), []
+    th = Throttle(lambda: frames.append(clock.t), max_per_second=20, clock=clock, trailing=False)
+    for i in range(1000):           # one request per millisecond for one second
+        clock.t = i / 1000
+        th.request()
+    th.flush()                      # the last state reaches the screen
+    gaps = np.diff(frames[:-1])
+    assert len(frames) <= 21 and gaps.min() >= 0.05 - 1e-12
+    assert frames[-1] == pytest.approx(0.999)
+    th.flush()                      # nothing pending: no extra frame
+    assert th.redraws == len(frames)
+    with pytest.raises(ValueError, match="max_per_second"):
+        Throttle(lambda: None, max_per_second=0)
+
+
+def test_throttle_trailing_timer_draws_deferred_frame():
+    frames = []
+    th = Throttle(lambda: frames.append(1), max_per_second=50)
+    assert th.request() is True and th.request() is False
+    th._timer.join(1.0)
+    assert len(frames) == 2 and not th.pending
+
+
+def test_no_widget_frontend_outside_a_kernel(monkeypatch):
+    assert widgets_available() is False          # pytest has no Jupyter kernel
+    monkeypatch.setenv("MTP_LAB_STATIC", "1")
+    assert widgets_available() is False
+
+
+# ---------------------------------------------------------------- RMSNorm
+
+def test_vector_stats_by_hand():
+    v = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
+    s = vector_stats(v)
+    np.testing.assert_allclose(s["rms"], [math.sqrt(12.5), 0.0])
+    np.testing.assert_allclose(s["mean"], [-0.5, 0.0])
+    np.testing.assert_allclose(s["maxabs"], [4.0, 0.0])
+
+
+def test_eps_response_knee():
+    eps = 1e-4
+    np.testing.assert_allclose(eps_response(np.array([math.sqrt(eps), 1e3, 0.0]), eps),
+                               [1 / math.sqrt(2), 1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(eps_response(np.array([1e-6]), eps), [1e-6 / math.sqrt(1e-12 + eps)])
+
+
+def test_capture_norms_matches_reference(model):
+    cfg = model.config
+    tokens = torch.randint(0, cfg.vocab_size, (1, 12))
+    caps = capture_norms(model, tokens)
+    assert len(caps) == 2 * cfg.n_layers + 1 + 5 * cfg.mtp_depth
+    by = {c.name: c for c in caps}
+    for c in caps:                                  # y = g * x / sqrt(mean(x^2) + eps), recomputed here
+        ref = c.gain * c.x / torch.sqrt((c.x ** 2).mean(-1, keepdim=True) + cfg.norm_eps)
+        torch.testing.assert_close(c.y, ref, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        emb = model.embed(tokens)[0]
+        _, h0 = model.forward_main(tokens)
+    torch.testing.assert_close(by["mtp.0.enorm"].x, emb[1:])                    # Emb(t_{i+1})
+    torch.testing.assert_close(by["mtp.1.enorm"].x, emb[2:])                    # Emb(t_{i+2})
+    torch.testing.assert_close(by["mtp.0.hnorm"].x, h0[0, :-1])                 # h^0 after the final norm
+    torch.testing.assert_close(by["mtp.0.hnorm"].x, by["norm"].y[:-1])
+    assert by["mtp.1.block.attn_norm"].x.shape == (10, cfg.d_model)             # depth 2 sees T-2
+
+
+def test_capture_norms_eps_override_is_temporary(model):
+    tokens = torch.randint(0, 256, (1, 6))
+    caps = capture_norms(model, tokens, eps=10.0)
+    c = caps[0]
+    ref = c.gain * c.x / torch.sqrt((c.x ** 2).mean(-1, keepdim=True) + 10.0)
+    torch.testing.assert_close(c.y, ref)
+    assert c.eps == 10.0 and all(m.eps == model.config.norm_eps for m in model.modules() if hasattr(m, "eps"))
+    with pytest.raises(ValueError, match="eps"):
+        capture_norms(model, tokens, eps=0.0)
+
+
+def test_site_summary_nan_for_short_prompt(model):
+    caps = capture_norms(model, torch.tensor([[5, 6]]))     # T=2: depth 2 has no position
+    s = site_summary(caps)
+    names = [c.name for c in caps]
+    assert math.isnan(s["rms_in"][names.index("mtp.1.enorm")])
+    assert not math.isnan(s["rms_in"][names.index("mtp.0.enorm")])
+
+
+def test_rmsnorm_dashboard_updates_live(model, tok):
+    d = rmsnorm_dashboard(model, tok, prompt="hello world", interactive=True)
+    assert isinstance(d.fig, go.FigureWidget)
+    assert len(trace(d, "tok_rms_in").x) == len("hello world")
+    assert list(trace(d, "rms_in").x)[5] == "MTP1 enorm"
+    # prompt -> per-token series have the new length, values recomputed by hand
+    d.prompt.value = "abc"
+    d.flush()
+    assert len(trace(d, "tok_rms_in").x) == 3
+    x = model.embed(torch.tensor([[97, 98, 99]]))[0].detach()
+    np.testing.assert_allclose(trace(d, "tok_rms_in").y, x.pow(2).mean(-1).sqrt().numpy(), rtol=1e-5)
+    # site -> gain trace is that module's weight, titles name it
+    d.site.value = "mtp.0.hnorm"
+    d.flush()
+    np.testing.assert_allclose(trace(d, "gain").y, model.mtp[0].hnorm.weight.detach().numpy())
+    assert len(trace(d, "tok_rms_in").x) == 2 and "MTP1 hnorm" in d.fig.layout.annotations[2].text
+    # eps -> curve and knee follow the slider
+    d.eps.value = 1e-2
+    d.flush()
+    np.testing.assert_allclose(trace(d, "knee").x, [0.1, 0.1])
+    assert trace(d, "eps").y[np.argmin(abs(trace(d, "eps").x - 0.1))] == pytest.approx(1 / math.sqrt(2), abs=0.02)
+    np.testing.assert_allclose(trace(d, "eps_model").y[-1], eps_response(np.array([100.0]), model.config.norm_eps))
+    # a bad prompt is reported in the status line; the figure keeps its last good state
+    d.prompt.value = ""
+    assert "empty" in d.status.value and len(trace(d, "tok_rms_in").x) == 2
+
+
+def test_rmsnorm_dashboard_static_fallback(model, tok):
+    d = rmsnorm_dashboard(model, tok, prompt="x = 1", interactive=False)
+    assert type(d.fig) is go.Figure
+    bundle = d._repr_mimebundle_()
+    assert "text/html" in bundle and "plotly" in bundle["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+
+
+# ---------------------------------------------------------------- architecture
+
+def test_architecture_parameter_counts_match_model():
+    for cfg in (get_preset("tiny"), get_preset("course"), get_preset("tiny", mtp_depth=0)):
+        nodes, edges = architecture_graph(cfg, batch=2, seq_len=10)
+        assert sum(n.params for n in nodes) == MTPModel(cfg).parameter_counts()["total"]
+        keys = {n.key for n in nodes}
+        assert all(a in keys and b in keys for a, b in edges)
+
+
+def test_architecture_shapes_and_wiring():
+    cfg = get_preset("tiny", mtp_input_norm=False)
+    nodes, edges = architecture_graph(cfg, batch=3, seq_len=9)
+    by = {n.key: n for n in nodes}
+    assert by["head"].shape == f"(3, 9, {cfg.vocab_size})"
+    assert by["mtp2.head"].shape == f"(3, 7, {cfg.vocab_size})"     # depth k: T-k positions
+    assert "(3, 8, 64)" in by["mtp1.eh_proj"].equation               # concat is 2d wide
+    assert ("main.block.1", "mtp1.hnorm") in edges                   # pre-norm state when mtp_input_norm=False
+    assert ("mtp1.block", "mtp2.hnorm") in edges
+    with pytest.raises(ValueError, match="seq_len"):
+        architecture_graph(cfg, seq_len=cfg.max_seq_len + 1)
+
+
+def test_architecture_view_sliders_relabel(model):
+    v = architecture_view(model, interactive=True)
+    v.seq_len.value = 5
+    v.batch.value = 4
+    v.flush()
+    head_trace = v.fig.data[[n.key for n in v.graph[0]].index("mtp2.head")]
+    assert "(4, 3, 256)" in head_trace.text
+    assert any("(4, 5, 256)" in a.text for a in v.fig.layout.annotations)
