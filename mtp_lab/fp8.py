@@ -44,6 +44,11 @@ class FP8Format:
         """Round-to-nearest error bound for values in the normal range: half an ulp, |e| <= 2^-(m+1)."""
         return 2.0 ** -(self.mantissa_bits + 1)
 
+    @property
+    def top_ulp(self) -> float:
+        """Spacing of the largest binade: 32 for E4M3 (416 -> 448), 8192 for E5M2."""
+        return 2.0 ** (math.floor(math.log2(self.max)) - self.mantissa_bits)
+
     @classmethod
     def from_dtype(cls, name: str, dtype: torch.dtype) -> "FP8Format":
         fi = torch.finfo(dtype)
@@ -264,9 +269,11 @@ def quant_stats(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, granulari
     """What quantization did to x: the numbers the FP8 visualizer shows.
 
     amax; scale (per group, on CPU) and its range; underflow = share of NONZERO values that became 0;
-    saturated = share with |x / s| > fmt.max (clipped; 0 under online amax scaling by construction);
+    saturated = share with |x / s| > max + top_ulp / 2, i.e. clipped by more than rounding would have
+    moved them (0 under online amax scaling by construction; nonzero with a fixed or stale scale);
     rel_error = ||dequantize(q) - x|| / ||x||.
     """
+    f = get_format(fmt)
     x = x.detach().float()
     s_full = expand_scale(scale, x.shape, granularity, block_size)
     x_hat = q.float() * s_full
@@ -276,7 +283,7 @@ def quant_stats(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, granulari
         "scale": scale.detach().float().cpu(),
         "scale_min": float(scale.min()), "scale_max": float(scale.max()),
         "underflow": float(((x_hat == 0) & nonzero).sum() / nonzero.sum().clamp_min(1)),
-        "saturated": float(((x / s_full).abs() > get_format(fmt).max).float().mean()),
+        "saturated": float(((x / s_full).abs() > f.max + f.top_ulp / 2).float().mean()),
         "rel_error": float((x_hat - x).norm() / x.norm().clamp_min(torch.finfo(torch.float32).tiny)),
     }
 
