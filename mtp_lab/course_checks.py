@@ -1,0 +1,434 @@
+"""The course's exercises: one check per exercise, each against an independent reference.
+
+Every check raises `Wrong` with a message naming the mistake (and recognises the common ones:
+off-by-one shifts, the report's [h; e] order, dividing by T-k instead of T, unbiased variance,
+forgetting the bonus token ...), raises `NotAttempted` while the answer is the empty stub, or
+returns a one-line success message. Registered by name; see `mtp_lab.course.check`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .course import Wrong, as_tensor, call, close, exercise, expect_shape
+from .layers import Block
+from .model import MTPModule
+
+E4M3_MAX = 448.0       # largest finite float8_e4m3fn value
+E5M2_MAX = 57344.0     # largest finite float8_e5m2 value
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Wrong(f"{what} should be a number, got {type(value).__name__}")
+    return float(value)
+
+
+# ---------------------------------------------------------------- 00 welcome
+
+@exercise("target_index", "00", "the main model (k = 0) at position i predicts t_{i+1}; each MTP depth looks one "
+                                "token further ahead.")
+def _target_index(fn) -> str:
+    for i in range(5):
+        for k in range(4):
+            got = call(fn, i, k)
+            if got == i + k:
+                raise Wrong(f"target_index({i}, {k}) = {got}: off by one. Depth k at position i already EMBEDS "
+                            f"t_{{i+k}} as its input, so predicting it would leak the label")
+            if got != i + k + 1:
+                raise Wrong(f"target_index({i}, {k}) = {got}, expected the index of the token depth {k} predicts "
+                            f"from position {i}")
+    return "Depth k at position i predicts t_{i+k+1} (0-based), the main model (k = 0) t_{i+1}."
+
+
+@exercise("mtp_share", "00", "the released checkpoint holds 671B main-model and 14B MTP parameters; the share is "
+                             "MTP / (main + MTP), as a fraction between 0 and 1.")
+def _mtp_share(value) -> str:
+    if value is None:
+        call(None)
+    share = _number(value, "the share")
+    if 1 < share < 100:
+        raise Wrong(f"{share} looks like a percentage; give a fraction (0.0204, not 2.04)")
+    if math.isclose(share, 14 / 671, rel_tol=1e-3):
+        raise Wrong(f"{share:.4f} = 14/671 divides by the main model only; the checkpoint's total is 671 + 14 = 685B")
+    if not math.isclose(share, 14 / 685, rel_tol=5e-3):
+        raise Wrong(f"{share:.4f} is not the MTP share of the checkpoint's parameters")
+    return "About 2% of the checkpoint: the drafter costs little to store and to run."
+
+
+# ---------------------------------------------------------------- 01 main model
+
+@exercise("greedy_next", "01", "take the logits at the LAST position, logits[:, -1], and argmax over the vocabulary.")
+def _greedy_next(fn) -> str:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=g)
+    got = as_tensor(call(fn, logits), "greedy_next(logits)")
+    expect_shape(got, (3,), "greedy_next(logits) (one token id per sequence)")
+    if got.dtype.is_floating_point:
+        raise Wrong("greedy_next returned floats: return token ids (argmax), not probabilities or logits")
+    if torch.equal(got, logits[:, 0].argmax(-1)):
+        raise Wrong("you used the FIRST position; the next token is predicted by the last position, logits[:, -1]")
+    if torch.equal(got, logits[:, -2].argmax(-1)):
+        raise Wrong("you used position -2: logits[:, -1] (the last input token) predicts the next token")
+    if not torch.equal(got, logits[:, -1].argmax(-1)):
+        raise Wrong("wrong token ids: expected the argmax over the vocabulary at the last position")
+    return "logits[:, -1].argmax(-1): the last position's most likely next token."
+
+
+@exercise("block_params", "01", "count wq, wk, wv, wo (d x d each), SwiGLU's three matrices w1, w3, w2 (d x d_ff each) "
+                                "and the two RMSNorm gains (d each); no biases.")
+def _block_params(fn) -> str:
+    for d, dff in ((32, 64), (256, 688), (96, 200)):
+        cfg = ModelConfig(vocab_size=16, d_model=d, n_layers=1, n_heads=4, d_ff=dff, max_seq_len=8)
+        want = sum(p.numel() for p in Block(cfg).parameters())
+        got = int(_number(call(fn, d, dff), "block_params(d_model, d_ff)"))
+        if got == want - 2 * d:
+            raise Wrong(f"block_params({d}, {dff}) = {got}: you forgot the two RMSNorm gains (2 x {d})")
+        if got == want - d * dff:
+            raise Wrong(f"block_params({d}, {dff}) = {got}: SwiGLU has THREE matrices (w1, w3, w2), you counted two")
+        if got != want:
+            raise Wrong(f"block_params({d}, {dff}) = {got}, expected {want}")
+    return "4 d^2 (attention) + 3 d d_ff (SwiGLU) + 2 d (norm gains)."
+
+
+# ---------------------------------------------------------------- 02 RMSNorm
+
+@exercise("rmsnorm", "02", "divide x by sqrt(mean(x**2 over the last dim) + eps), keepdim=True, then multiply by "
+                           "weight; do not subtract the mean.")
+def _rmsnorm(fn) -> str:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 32, generator=g) * 3 + 1
+    w = torch.rand(32, generator=g) + 0.5
+    eps = 1e-2   # large on purpose, so that misplacing eps shows
+    got = as_tensor(call(fn, x, w, eps), "rmsnorm(x, weight, eps)")
+    expect_shape(got, x.shape, "rmsnorm(x, weight, eps)")
+    want = F.rms_norm(x, (32,), w, eps)
+    if close(got, want):
+        return "matches torch.nn.functional.rms_norm."
+    if close(got, F.layer_norm(x, (32,), w, None, eps)):
+        raise Wrong("this is LayerNorm: RMSNorm does not subtract the mean")
+    if close(got, want / w):
+        raise Wrong("the values are right before the gain: multiply by weight")
+    if close(got, x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w):
+        raise Wrong("eps is outside the square root: use sqrt(mean(x^2) + eps)")
+    if close(got, x / x.pow(2).mean(-1, keepdim=True).sqrt() * w, atol=1e-4):
+        raise Wrong("eps is missing: use sqrt(mean(x^2) + eps)")
+    raise Wrong(f"values differ from torch.nn.functional.rms_norm by up to {(got - want).abs().max():.3g}")
+
+
+@exercise("layernorm", "02", "subtract the mean, divide by sqrt(var + eps) with the BIASED variance "
+                             "(x.var(-1, unbiased=False, keepdim=True)).")
+def _layernorm(fn) -> str:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 8, generator=g) * 2 + 3
+    eps = 1e-5
+    got = as_tensor(call(fn, x, eps), "layernorm(x, eps)")
+    expect_shape(got, x.shape, "layernorm(x, eps)")
+    want = F.layer_norm(x, (8,), eps=eps)
+    if close(got, want):
+        return "matches torch.nn.functional.layer_norm."
+    if close(got, (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + eps).sqrt()):
+        raise Wrong("you used the unbiased variance (torch.var's default divides by n-1); LayerNorm divides by n")
+    if close(got, F.rms_norm(x, (8,), eps=eps)):
+        raise Wrong("this is RMSNorm: LayerNorm first subtracts the mean")
+    raise Wrong(f"values differ from torch.nn.functional.layer_norm by up to {(got - want).abs().max():.3g}")
+
+
+# ---------------------------------------------------------------- 03 the MTP module
+
+@exercise("mtp_inputs", "03", "depth k pairs h^{k-1}_i with t_{i+k}: keep the FIRST T-k hidden states and the "
+                              "tokens from position k on.")
+def _mtp_inputs(fn) -> str:
+    B, T, C, k = 2, 9, 4, 2
+    h = torch.arange(B * T * C, dtype=torch.float32).view(B, T, C)
+    tokens = torch.arange(B * T).view(B, T) + 100
+    got = call(fn, h, tokens, k)
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise Wrong("return a pair (h_in, tokens_in)")
+    h_in, tok_in = as_tensor(got[0], "h_in"), as_tensor(got[1], "tokens_in")
+    same = lambda a, b: a.shape == b.shape and torch.equal(a, b)
+    if same(tok_in, tokens[:, k + 1:]) or same(tok_in[:, :T - k - 1], tokens[:, k + 1:]):
+        raise Wrong("tokens shifted by k+1: module k would embed the very token it must predict (a label leak)")
+    if same(tok_in, tokens[:, k - 1:]) or same(tok_in, tokens[:, k - 1:T - 1]):
+        raise Wrong("tokens shifted by k-1: depth k embeds t_{i+k}, one token further than depth k-1")
+    if same(h_in, h[:, k:]):
+        raise Wrong("h_in = h[:, k:] drops the first states: position i's state h_i must pair with t_{i+k}, "
+                    "so keep h[:, :T-k]")
+    expect_shape(h_in, (B, T - k, C), "h_in (only T-k positions have a token t_{i+k})")
+    expect_shape(tok_in, (B, T - k), "tokens_in")
+    if not torch.equal(h_in, h[:, :T - k]):
+        raise Wrong("h_in should be the first T-k hidden states, h[:, :T-k]")
+    if not torch.equal(tok_in, tokens[:, k:]):
+        raise Wrong("tokens_in should be t_{i+k} for i = 0..T-k-1, i.e. tokens[:, k:]")
+    return "h[:, :T-k] pairs with tokens[:, k:], the one-token shift per depth."
+
+
+@exercise("mtp_combine", "03", "eh_proj(torch.cat([enorm(emb), hnorm(h_prev)], dim=-1)): EMBEDDING first, as in "
+                               "the released checkpoint.")
+def _mtp_combine(fn) -> str:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_seq_len=8, mtp_depth=1)
+    module = MTPModule(cfg)
+    with torch.no_grad():
+        module.enorm.weight.uniform_(0.5, 1.5)
+        module.hnorm.weight.uniform_(0.5, 1.5)
+    g = torch.Generator().manual_seed(2)
+    emb, h_prev = torch.randn(2, 5, 8, generator=g) * 4, torch.randn(2, 5, 8, generator=g) * 4
+    with torch.no_grad():
+        got = as_tensor(call(fn, module, emb, h_prev), "mtp_combine(module, emb, h_prev)")
+        expect_shape(got, (2, 5, 8), "h' (back to d_model: M_k maps 2d -> d)")
+        W = module.eh_proj.weight                                                   # (d, 2d)
+        e_n, h_n = F.rms_norm(emb, (8,), module.enorm.weight, cfg.norm_eps), \
+            F.rms_norm(h_prev, (8,), module.hnorm.weight, cfg.norm_eps)
+        want = torch.cat([e_n, h_n], -1) @ W.T
+        if close(got, want, atol=1e-4):
+            return "h' = M_k [enorm(e); hnorm(h)], the checkpoint's order."
+        if close(got, torch.cat([h_n, e_n], -1) @ W.T, atol=1e-4):
+            raise Wrong("you concatenated [h; e], the report's order; the checkpoint (and vLLM, SGLang) put the "
+                        "embedding first, and with these trained weights the order matters")
+        if close(got, torch.cat([emb, h_prev], -1) @ W.T, atol=1e-4):
+            raise Wrong("the two RMSNorms are missing: normalise emb with enorm and h_prev with hnorm first")
+        if close(got, module.block(want), atol=1e-4):
+            raise Wrong("you also applied the transformer block: this exercise stops at h' (equation 21)")
+    raise Wrong(f"values differ from eh_proj(cat[enorm(emb), hnorm(h)]) by up to {(got - want).abs().max():.3g}")
+
+
+# ---------------------------------------------------------------- 04 training
+
+@exercise("mtp_targets", "04", "targets[:, i] = t_{i+1} and depth k at position i predicts t_{i+k+1} = targets[:, i+k].")
+def _mtp_targets(fn) -> str:
+    targets = torch.arange(20).view(2, 10)
+    for k in (1, 2, 3):
+        got = as_tensor(call(fn, targets, k), f"mtp_targets(targets, {k})")
+        if torch.equal(got, targets[:, :-k]):
+            raise Wrong(f"k={k}: targets[:, :-k] are the MAIN model's targets for those positions; depth k looks "
+                        f"k tokens further: targets[:, k:]")
+        if got.shape[1] == 11 - k and torch.equal(got, targets[:, k - 1:]):
+            raise Wrong(f"k={k}: off by one, targets[:, k-1:] has T-k+1 columns but depth k has only T-k logits")
+        expect_shape(got, (2, 10 - k), f"mtp_targets(targets, {k}) (depth k has T-k logits)")
+        if not torch.equal(got, targets[:, k:]):
+            raise Wrong(f"k={k}: wrong targets, expected t_{{i+k+1}} for each position i")
+    return "targets[:, k:] lines up with mtp_logits[k-1]."
+
+
+@exercise("depth_loss", "04", "sum the cross-entropy over the T-k positions (reduction='sum') against targets[:, k:], "
+                              "then divide by B*T, as equation (24) writes 1/T.")
+def _depth_loss(fn) -> str:
+    g = torch.Generator().manual_seed(3)
+    B, T, V, k = 2, 8, 11, 2
+    logits_k = torch.randn(B, T - k, V, generator=g)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    got = _number(call(fn, logits_k, targets, k), "depth_loss(...)")
+    nll = F.cross_entropy(logits_k.reshape(-1, V), targets[:, k:].reshape(-1), reduction="sum").item()
+    if math.isclose(got, nll / (B * T), rel_tol=1e-4):
+        return "L^k divides the summed loss by T (report eq. 24), not by the T-k positions."
+    if math.isclose(got, nll / (B * (T - k)), rel_tol=1e-4):
+        raise Wrong("you averaged over the T-k positions; equation (24) divides by T (mtp_loss(normalize='mean') "
+                    "is that variant)")
+    for wrong in (targets[:, :-k], targets[:, k - 1:-1]):
+        bad = F.cross_entropy(logits_k.reshape(-1, V), wrong.reshape(-1), reduction="sum").item()
+        if math.isclose(got, bad / (B * T), rel_tol=1e-4) or math.isclose(got, bad / (B * (T - k)), rel_tol=1e-4):
+            raise Wrong("the targets are misaligned: depth k's logits line up with targets[:, k:]")
+    raise Wrong(f"got {got:.4f}, expected {nll / (B * T):.4f}")
+
+
+# ---------------------------------------------------------------- 05 FP8
+
+def _tile_reference(x: torch.Tensor) -> torch.Tensor:
+    """amax over each 1x128 tile (zero-padded), divided by E4M3's max: one scale per tile."""
+    M, K = x.shape
+    n = -(-K // 128)
+    padded = F.pad(x, (0, n * 128 - K))
+    return padded.view(M, n, 128).abs().amax(-1) / E4M3_MAX                     # (M, ceil(K/128))
+
+
+@exercise("tile_scales", "05", "split each row into 128-wide tiles (pad the last one), s = amax(|tile|) / 448; "
+                               "shape (M, ceil(K/128)).")
+def _tile_scales(fn) -> str:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 300, generator=g) * torch.tensor([1.0, 10.0, 100.0])[:, None]
+    want = _tile_reference(x)
+    got = as_tensor(call(fn, x), "tile_scales(x)")
+    if got.numel() == 1:
+        raise Wrong("one scale for the whole tensor: DeepSeek-V3 scales activations per 1x128 tile")
+    if tuple(got.shape) in ((3,), (3, 1)):
+        raise Wrong("one scale per row: each row needs one scale per 128 channels (3 tiles for K = 300)")
+    expect_shape(got, want.shape, "tile_scales(x) (one scale per row and per 128 columns, the last tile padded)")
+    if close(got, 1 / want, rtol=1e-3):
+        raise Wrong("you returned 448 / amax; the scale is s = amax / 448 (dequantise with x = q * s)")
+    if close(got, want * E4M3_MAX / E5M2_MAX, rtol=1e-3):
+        raise Wrong("you divided by 57344, E5M2's max; DeepSeek-V3 uses E4M3 (max 448) for every GEMM input")
+    if not close(got, want, rtol=1e-3, atol=1e-8):
+        raise Wrong(f"scales differ from amax/448 per tile by up to {(got - want).abs().max():.3g}")
+    return "s = amax / 448 per 1x128 tile: an outlier only affects its own 128 values."
+
+
+@exercise("fake_quant", "05", "per tile: s = amax / 448, q = (x / s).to(torch.float8_e4m3fn), return q.float() * s "
+                              "(tile_scales from the previous exercise helps).")
+def _fake_quant(fn) -> str:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 256, generator=g)
+    x[0, 3] = 900.0                                           # an outlier above E4M3's max
+    s = _tile_reference(x).repeat_interleave(128, dim=1)       # (M, K)
+    want = (x / s).to(torch.float8_e4m3fn).float() * s
+    got = as_tensor(call(fn, x), "fake_quant(x)")
+    expect_shape(got, x.shape, "fake_quant(x)")
+    if close(got, x.to(torch.float8_e4m3fn).float(), atol=0, rtol=0):
+        raise Wrong("a plain cast without scaling: 900 saturates to 448 and small values lose precision; "
+                    "divide by the tile's scale first")
+    if close(got, x, atol=0, rtol=0):
+        raise Wrong("the output equals the input: nothing was quantised")
+    if close(got, x.round(), atol=0, rtol=0):
+        raise Wrong("rounding to integers is not FP8: cast x / s to torch.float8_e4m3fn")
+    if not close(got, want, atol=1e-6, rtol=1e-5):
+        raise Wrong(f"values differ from the per-tile E4M3 round trip by up to {(got - want).abs().max():.3g}")
+    err = ((got - x).norm() / x.norm()).item()
+    return f"per-tile E4M3 round trip, relative error {err:.3f} even with an outlier of 900."
+
+
+# ---------------------------------------------------------------- 06 speculative decoding
+
+@exercise("accept_prob", "06", "accept the draft x with probability min(1, p(x) / q(x)), p = target, q = drafter.")
+def _accept_prob(fn) -> str:
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.6, 0.2])
+    for x in range(3):
+        want = min(1.0, (p[x] / q[x]).item())
+        got = _number(call(fn, p, q, x), f"accept_prob(p, q, {x})")
+        if not math.isclose(got, want, rel_tol=1e-5):
+            if math.isclose(got, min(1.0, (q[x] / p[x]).item()), rel_tol=1e-5):
+                raise Wrong(f"x={x}: you used q/p; accept with min(1, p(x)/q(x)), target over drafter")
+            if math.isclose(got, (p[x] / q[x]).item(), rel_tol=1e-5):
+                raise Wrong(f"x={x}: {got:.3f} > 1 is not a probability: take min(1, p/q)")
+            raise Wrong(f"accept_prob(p, q, {x}) = {got:.4f}, expected {want:.4f}")
+    return "min(1, p/q): a token the drafter over-proposes is accepted only in proportion."
+
+
+@exercise("residual", "06", "after a rejection sample from max(0, p - q), renormalised to sum to 1.")
+def _residual(fn) -> str:
+    p = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    q = torch.tensor([0.2, 0.6, 0.1, 0.1])
+    want = (p - q).clamp(min=0)
+    want = want / want.sum()
+    got = as_tensor(call(fn, p, q), "residual(p, q)").float()
+    expect_shape(got, p.shape, "residual(p, q)")
+    if close(got, want):
+        return "norm(max(0, p - q)): the rejected mass is redistributed exactly where p exceeds q."
+    if close(got, (q - p).clamp(min=0) / (q - p).clamp(min=0).sum()):
+        raise Wrong("you used max(0, q - p); the residual is where the TARGET p exceeds the drafter q")
+    if close(got, (p - q).clamp(min=0)):
+        raise Wrong("not normalised: divide max(0, p - q) by its sum")
+    if (got < 0).any():
+        raise Wrong("negative probabilities: clamp p - q at 0 before normalising")
+    raise Wrong(f"expected {want.tolist()}, got {[round(v, 4) for v in got.tolist()]}")
+
+
+@exercise("greedy_accepted", "06", "count matching tokens from the start and STOP at the first mismatch.")
+def _greedy_accepted(fn) -> str:
+    cases = [([5, 6, 7], [5, 6, 7], 3), ([5, 6, 7], [5, 9, 7], 1), ([5, 6, 7], [1, 6, 7], 0), ([4], [4], 1)]
+    for draft, target, want in cases:
+        got = int(_number(call(fn, list(draft), list(target)), "greedy_accepted(draft, target)"))
+        if got != want:
+            matches = sum(a == b for a, b in zip(draft, target))
+            if got == matches:
+                raise Wrong(f"draft {draft} vs target argmax {target}: you counted all matches ({got}); after the "
+                            f"first mismatch every later draft was built on a wrong token, so stop there ({want})")
+            raise Wrong(f"draft {draft} vs target argmax {target}: got {got}, expected {want}")
+    return "the accepted prefix; the target's token at the mismatch comes for free."
+
+
+# ---------------------------------------------------------------- 07 acceptance lab
+
+@exercise("expected_tokens", "07", "sum_{j=0..k} alpha^j = (1 - alpha^(k+1)) / (1 - alpha); it is k + 1 when alpha = 1.")
+def _expected_tokens(fn) -> str:
+    for a, k in ((0.8, 1), (0.8, 3), (0.5, 4), (0.0, 2)):
+        want = (1 - a ** (k + 1)) / (1 - a)
+        got = _number(call(fn, a, k), f"expected_tokens({a}, {k})")
+        if not math.isclose(got, want, rel_tol=1e-6):
+            if math.isclose(got, want - 1, rel_tol=1e-6, abs_tol=1e-9):
+                raise Wrong(f"expected_tokens({a}, {k}) = {got:.4f}: you forgot the bonus/correction token the "
+                            f"target always contributes (+1)")
+            raise Wrong(f"expected_tokens({a}, {k}) = {got:.4f}, expected {want:.4f}")
+    got = _number(call(fn, 1.0, 3), "expected_tokens(1.0, 3)")
+    if got != 4:
+        raise Wrong(f"expected_tokens(1.0, 3) = {got}: with alpha = 1 every draft is accepted, k + 1 = 4 tokens "
+                    f"(avoid dividing by 1 - alpha = 0)")
+    return "(1 - a^(k+1)) / (1 - a) tokens per target forward."
+
+
+@exercise("spec_metrics", "07", "acceptance rate = accepted / drafted; tau = 1 + accepted / steps (the +1 is the "
+                                "target's own token each step).")
+def _spec_metrics(fn) -> str:
+    accepted, drafted, steps = 170, 200, 100
+    got = call(fn, accepted, drafted, steps)
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise Wrong("return a pair (acceptance_rate, tau)")
+    rate, tau = _number(got[0], "acceptance_rate"), _number(got[1], "tau")
+    if math.isclose(rate, accepted / steps):
+        raise Wrong("acceptance rate divides by the number of DRAFTED tokens, not by steps")
+    if not math.isclose(rate, 0.85):
+        raise Wrong(f"acceptance rate {rate}, expected accepted / drafted = {accepted / drafted}")
+    if math.isclose(tau, accepted / steps):
+        raise Wrong("tau forgets the token the target produces at every step: tau = 1 + accepted / steps")
+    if not math.isclose(tau, 2.7):
+        raise Wrong(f"tau {tau}, expected 1 + accepted / steps = {1 + accepted / steps}")
+    return "rate 0.85 with k = 2 gives tau 2.7 tokens per target forward."
+
+
+@exercise("speedup", "07", "expected tokens per target forward divided by the cost of one step, k * c + 1.")
+def _speedup(fn) -> str:
+    for a, k, c in ((0.8, 2, 0.1), (0.6, 4, 0.2), (0.9, 1, 0.0)):
+        tokens = (1 - a ** (k + 1)) / (1 - a)
+        want = tokens / (k * c + 1)
+        got = _number(call(fn, a, k, c), f"speedup({a}, {k}, {c})")
+        if not math.isclose(got, want, rel_tol=1e-6):
+            if math.isclose(got, tokens, rel_tol=1e-6):
+                raise Wrong(f"speedup({a}, {k}, {c}): the draft forwards are not free; divide by k * c + 1")
+            raise Wrong(f"speedup({a}, {k}, {c}) = {got:.4f}, expected {want:.4f}")
+    return "tokens per step / (k c + 1): cheap drafts (small c) matter as much as acceptance."
+
+
+# ---------------------------------------------------------------- 08 real world
+
+@exercise("mtp_layer_indices", "08", "the main layers are model.layers.0 .. L-1; the MTP layers follow them.")
+def _mtp_layer_indices(fn) -> str:
+    for L, n in ((61, 1), (4, 2)):
+        got = call(fn, L, n)
+        if not isinstance(got, (list, tuple, range)):
+            raise Wrong("return a list of layer indices")
+        got = list(got)
+        if got == list(range(L - 1, L - 1 + n)):
+            raise Wrong(f"L={L}: the main model already uses 0..{L - 1}; the MTP layers start at index L = {L}")
+        if got != list(range(L, L + n)):
+            raise Wrong(f"mtp_layer_indices({L}, {n}) = {got}, expected {list(range(L, L + n))}")
+    return "DeepSeek-V3 (61 layers) stores its MTP module as model.layers.61."
+
+
+LOSSLESS = {
+    "rejection sampling with min(1, p/q) and the residual": True,
+    "greedy verification at temperature 0": True,
+    "accept the draft when p(x) > 0.3": False,
+    "Medusa typical acceptance": False,
+    "MTP drafter chained to depth 3 with rejection sampling": True,
+}
+
+
+@exercise("lossless", "08", "a scheme is lossless when its output distribution equals the target's; depth and the "
+                            "drafter's quality change speed, not correctness.")
+def _lossless(answers) -> str:
+    if answers is None:
+        call(None)
+    if not isinstance(answers, dict) or set(answers) != set(LOSSLESS):
+        raise Wrong(f"give a dict with exactly these keys: {sorted(LOSSLESS)}")
+    if any(v is None for v in answers.values()):
+        call(None)
+    wrong = [key for key, value in LOSSLESS.items() if answers[key] != value]
+    if wrong:
+        raise Wrong(f"{len(wrong)} wrong: {wrong}")
+    return "exact verification keeps the target's distribution whatever the drafter; thresholds do not."

@@ -1,0 +1,143 @@
+"""The course's exercise checks must accept right answers, name the usual mistakes, and never pass wrong ones.
+
+Also checks that the stored notebooks are what tools/build_notebooks.py makes from notebooks/src (clean:
+no stale outputs, no widget state).
+"""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtp_lab.course import EXERCISES, check, evaluate
+from mtp_lab.course_checks import LOSSLESS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rms(x, w, eps):
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def _tiles(x):
+    M, K = x.shape
+    n = -(-K // 128)
+    return F.pad(x, (0, n * 128 - K)).view(M, n, 128).abs().amax(-1) / 448
+
+
+def _fake_quant(x):
+    s = _tiles(x).repeat_interleave(128, dim=1)[:, :x.shape[1]]
+    return (x / s).to(torch.float8_e4m3fn).float() * s
+
+
+def _tokens(a, k):
+    return (1 - a ** (k + 1)) / (1 - a) if a != 1 else k + 1.0
+
+
+# name -> (a right answer, [(a wrong answer, a word the verdict must contain), ...])
+CASES = {
+    "target_index": (lambda i, k: i + k + 1, [(lambda i, k: i + k, "off by one"), (lambda i, k: i + 2 * k + 1, "expected")]),
+    "mtp_share": (14 / 685, [(14 / 671, "685"), (2.04, "percentage"), (0.5, "not the MTP share")]),
+    "greedy_next": (lambda z: z[:, -1].argmax(-1), [(lambda z: z[:, 0].argmax(-1), "FIRST"),
+                                                     (lambda z: z[:, -1].softmax(-1).max(-1).values, "floats"),
+                                                     (lambda z: z.argmax(-1), "shape")]),
+    "block_params": (lambda d, f: 4 * d * d + 3 * d * f + 2 * d,
+                     [(lambda d, f: 4 * d * d + 3 * d * f, "RMSNorm gains"),
+                      (lambda d, f: 4 * d * d + 2 * d * f + 2 * d, "THREE")]),
+    "rmsnorm": (_rms, [(lambda x, w, e: F.layer_norm(x, x.shape[-1:], w, None, e), "LayerNorm"),
+                       (lambda x, w, e: _rms(x, 1.0, e), "gain"),
+                       (lambda x, w, e: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + e) * w, "outside"),
+                       (lambda x, w, e: x[..., :3], "shape")]),
+    "layernorm": (lambda x, e: (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + e).sqrt(),
+                  [(lambda x, e: (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + e).sqrt(), "unbiased"),
+                   (lambda x, e: _rms(x, 1.0, e), "RMSNorm")]),
+    "mtp_inputs": (lambda h, t, k: (h[:, :h.shape[1] - k], t[:, k:]),
+                   [(lambda h, t, k: (h[:, :h.shape[1] - k], t[:, k + 1:]), "label leak"),
+                    (lambda h, t, k: (h[:, :h.shape[1] - k], t[:, k - 1:-1]), "k-1"),
+                    (lambda h, t, k: (h[:, k:], t[:, k:]), "drops the first"),
+                    (lambda h, t, k: h, "pair")]),
+    "mtp_combine": (lambda m, e, h: m.eh_proj(torch.cat([m.enorm(e), m.hnorm(h)], -1)),
+                    [(lambda m, e, h: m.eh_proj(torch.cat([m.hnorm(h), m.enorm(e)], -1)), "[h; e]"),
+                     (lambda m, e, h: m.eh_proj(torch.cat([e, h], -1)), "RMSNorms"),
+                     (lambda m, e, h: m.block(m.eh_proj(torch.cat([m.enorm(e), m.hnorm(h)], -1))), "block")]),
+    "mtp_targets": (lambda t, k: t[:, k:], [(lambda t, k: t[:, :-k], "MAIN"), (lambda t, k: t[:, k - 1:], "off by one"),
+                                            (lambda t, k: t[:, k:].flip(1), "wrong targets")]),
+    "depth_loss": (lambda lg, t, k: F.cross_entropy(lg.flatten(0, 1), t[:, k:].flatten(), reduction="sum") / t.numel(),
+                   [(lambda lg, t, k: F.cross_entropy(lg.flatten(0, 1), t[:, k:].flatten()), "T-k"),
+                    (lambda lg, t, k: F.cross_entropy(lg.flatten(0, 1), t[:, :-k].flatten(), reduction="sum")
+                     / t.numel(), "misaligned")]),
+    "tile_scales": (_tiles, [(lambda x: x.abs().amax() / 448, "whole tensor"),
+                             (lambda x: x.abs().amax(-1) / 448, "per row"),
+                             (lambda x: 1 / _tiles(x), "448 / amax"),
+                             (lambda x: _tiles(x) * 448 / 57344, "57344")]),
+    "fake_quant": (_fake_quant, [(lambda x: x.to(torch.float8_e4m3fn).float(), "without scaling"),
+                                 (lambda x: x.clone(), "nothing was quantised"), (lambda x: x.round(), "integers")]),
+    "accept_prob": (lambda p, q, x: min(1.0, (p[x] / q[x]).item()),
+                    [(lambda p, q, x: min(1.0, (q[x] / p[x]).item()), "q/p"),
+                     (lambda p, q, x: (p[x] / q[x]).item(), "not a probability")]),
+    "residual": (lambda p, q: (p - q).clamp(min=0) / (p - q).clamp(min=0).sum(),
+                 [(lambda p, q: (q - p).clamp(min=0) / (q - p).clamp(min=0).sum(), "TARGET"),
+                  (lambda p, q: (p - q).clamp(min=0), "normalised"), (lambda p, q: p - q, "negative")]),
+    "greedy_accepted": (lambda d, t: next((i for i, (a, b) in enumerate(zip(d, t)) if a != b), len(d)),
+                        [(lambda d, t: sum(a == b for a, b in zip(d, t)), "all matches")]),
+    "expected_tokens": (_tokens, [(lambda a, k: _tokens(a, k) - 1, "bonus"), (lambda a, k: k * a, "expected")]),
+    "spec_metrics": (lambda acc, d, s: (acc / d, 1 + acc / s), [(lambda acc, d, s: (acc / s, 1 + acc / s), "DRAFTED"),
+                                                               (lambda acc, d, s: (acc / d, acc / s), "tau")]),
+    "speedup": (lambda a, k, c: _tokens(a, k) / (k * c + 1), [(lambda a, k, c: _tokens(a, k), "not free")]),
+    "mtp_layer_indices": (lambda L, n: list(range(L, L + n)), [(lambda L, n: list(range(L - 1, L - 1 + n)), "start at"),
+                                                               (lambda L, n: 61, "list")]),
+    "lossless": (dict(LOSSLESS), [({**LOSSLESS, "Medusa typical acceptance": True}, "1 wrong"), ({"a": 1}, "keys")]),
+}
+
+
+def test_every_exercise_has_cases():
+    assert set(CASES) == set(EXERCISES)
+    per_notebook = {}
+    for ex in EXERCISES.values():
+        per_notebook[ex.notebook] = per_notebook.get(ex.notebook, 0) + 1
+    assert sorted(per_notebook) == [f"0{i}" for i in range(9)] and min(per_notebook.values()) >= 2
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_right_answer_passes(name):
+    result = evaluate(name, CASES[name][0])
+    assert result.passed, str(result)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_wrong_answers_fail_with_a_reason(name):
+    for wrong, word in CASES[name][1]:
+        result = evaluate(name, wrong)
+        assert result.status == "wrong", (name, str(result))
+        assert word in result.message, (name, word, result.message)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_empty_stub_is_not_attempted(name):
+    stub = None if not callable(CASES[name][0]) else (lambda *args: None)
+    result = evaluate(name, stub)
+    assert result.status == "not attempted" and not result.passed
+    assert EXERCISES[name].hint in str(result)
+
+
+def test_learner_exception_is_reported():
+    result = evaluate("rmsnorm", lambda x, w, e: x.nonexistent())
+    assert result.status == "wrong" and "AttributeError" in result.message
+
+
+def test_check_prints_verdict_and_unknown_name_raises(capsys):
+    check("expected_tokens", _tokens)
+    assert "✅ expected_tokens: correct" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown exercise"):
+        evaluate("no_such_exercise", 1)
+    assert math.isclose(_tokens(0.85, 1), 1.85)
+
+
+def test_notebooks_are_built_from_source_and_clean():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "build_notebooks.py"), "--check"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
