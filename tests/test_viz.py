@@ -10,7 +10,10 @@ import torch
 
 from mtp_lab import MTPModel, get_preset
 from mtp_lab.viz.architecture import architecture_graph, architecture_view
+from mtp_lab.fp8 import fake_quantize
 from mtp_lab.viz.common import Throttle, widgets_available
+from mtp_lab.viz.fp8view import (format_values, fp8_explorer, granularity_errors, layer_scales, linear_layers,
+                                 outlier_activations, round_to_format)
 from mtp_lab.viz.rmsnorm import capture_norms, eps_response, rmsnorm_dashboard, site_summary, vector_stats
 
 
@@ -200,3 +203,65 @@ def test_architecture_view_sliders_relabel(model):
     head_trace = v.fig.data[[n.key for n in v.graph[0]].index("mtp2.head")]
     assert "(4, 3, 256)" in head_trace.text
     assert any("(4, 5, 256)" in a.text for a in v.fig.layout.annotations)
+
+
+# ---------------------------------------------------------------- FP8 explorer
+
+def test_format_values_are_the_formats():
+    e4m3, e5m2 = format_values("e4m3"), format_values("e5m2")
+    assert e4m3[-1] == 448 and e4m3[0] == 2.0 ** -9 and len(e4m3) == 126   # 7 subnormals + 15 * 8 normals - NaN
+    assert e5m2[-1] == 57344 and e5m2[0] == 2.0 ** -16
+    assert np.all(np.diff(e4m3) > 0)
+    assert round_to_format(3.3, "e4m3") == 3.25 and round_to_format(3.3, "e5m2") == 3.5
+    assert round_to_format(1000.0, "e4m3") == 448.0                          # saturates, no inf
+    assert round_to_format(2.0 ** -11, "e4m3") == 0.0                         # below half the smallest subnormal
+
+
+def test_granularity_errors_outlier_hurts_per_tensor_most():
+    x, mask = outlier_activations(1e5)
+    err = granularity_errors(x, mask)
+    e = err["e4m3"]
+    assert e["tensor"]["rel_error"] > 3 * e["tile"]["rel_error"]
+    assert e["tensor"]["underflow"] > e["block"]["underflow"] > e["tile"]["underflow"]
+    # the tile scale is exactly amax/448 of its own 128 values: only the outlier's tile (1 of 4) is coarse
+    ref = (x[mask] - fake_quantize(x, "e4m3", "tile")[mask]).norm() / x[mask].norm()
+    assert e["tile"]["rel_error"] == pytest.approx(float(ref))
+    calm = granularity_errors(*outlier_activations(1.0))["e4m3"]
+    assert max(v["rel_error"] for v in calm.values()) < 0.035 and calm["tensor"]["underflow"] == 0
+
+
+def test_layer_scales_shapes_and_values(model):
+    tokens = torch.randint(0, 256, (1, 9))
+    s = layer_scales(model, "layers.1.ffn.w1", tokens)
+    w = model.layers[1].ffn.w1.weight.detach()
+    assert s["weight_scale"].shape == (1, 1) and s["act_scale"].shape == (9, 1)       # tiny: everything < 128
+    assert s["weight_scale"][0, 0] == pytest.approx(float(w.abs().max()) / 448)
+    with torch.no_grad():
+        h = model.embed(tokens)
+        h = model.layers[0](h)
+        h = h + model.layers[1].attn(model.layers[1].attn_norm(h))
+        x = model.layers[1].ffn_norm(h)[0]                                              # w1's input
+    np.testing.assert_allclose(s["act_scale"][:, 0], (x.abs().amax(-1) / 448).numpy(), rtol=1e-5)
+    assert "head" not in linear_layers(model) and "mtp.0.eh_proj" in linear_layers(model)
+    with pytest.raises(ValueError, match="not a linear"):
+        layer_scales(model, "layers.0.attn_norm", tokens)
+
+
+def test_fp8_explorer_controls(model, tok):
+    d = fp8_explorer(model, tok, prompt="abcdef", ks=(128, 256), interactive=True)
+    f = lambda key: d.fig.data[d.trace[key]]
+    assert len(f("line_e4m3").x) == 126
+    d.value.value = 1000.0
+    d.flush()
+    assert list(f("x_rounded").x) == [448.0, 1024.0] and "448" in d.status.value
+    before = list(f("gran_e4m3").y)
+    d.outlier.value = 1e5
+    d.flush()
+    assert f("gran_e4m3").y[0] > 3 * before[0]                                         # per-tensor error jumps
+    d.layer.value = "mtp.1.eh_proj"                                                    # (32, 64): K = 2d
+    d.flush()
+    assert np.asarray(f("a_scale").z).shape == (4, 1) and "mtp.1.eh_proj" in d.fig.layout.annotations[2].text
+    d.promote.value = 32
+    d.flush()
+    assert [r["k"] for r in d.acc] == list(f("acc_promoted").x) == [128, 256]
+    assert f("acc_limited").y[1] > f("acc_promoted").y[1] > f("acc_fp32").y[1]

@@ -72,6 +72,16 @@ class Throttle:
                 self._timer.start()
             return False
 
+    def handle(self, compute: Callable, *args) -> None:
+        """A control's handler: recompute, then redraw. A ValueError (empty prompt, ...) is shown in
+        `self.status` (an HTML widget) rather than raised into the kernel's log."""
+        try:
+            compute(*args)
+        except ValueError as e:
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
+            return
+        self.redraw.request()
+
     def flush(self) -> None:
         """Draw the pending frame, if any, now."""
         with self._lock:
@@ -111,6 +121,16 @@ class Dashboard(abc.ABC):
     @abc.abstractmethod
     def draw(self) -> None:
         """Push the current data into the figures (one batch_update per figure)."""
+
+    def handle(self, compute: Callable, *args) -> None:
+        """A control's handler: recompute, then redraw. A ValueError (empty prompt, ...) is shown in
+        `self.status` (an HTML widget) rather than raised into the kernel's log."""
+        try:
+            compute(*args)
+        except ValueError as e:
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
+            return
+        self.redraw.request()
 
     def flush(self) -> None:
         """Draw any throttled, not yet drawn frame now."""

@@ -8,7 +8,6 @@ or eps changes.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,12 +147,13 @@ class RMSNormDashboard(Dashboard):
                                     description="eps", readout_format=".1e", continuous_update=False)
         self.status = w.HTML()
         self.fig = self.new_figure(self._layout())
-        self.prompt.observe(lambda ch: self._guard(self.set_prompt, ch["new"]), names="value")
-        self.eps.observe(lambda ch: self._guard(self.set_eps, ch["new"]), names="value")
+        self.prompt.observe(lambda ch: self.handle(self.set_prompt, ch["new"]), names="value")
+        self.eps.observe(lambda ch: self.handle(self.recompute, ch["new"]), names="value")
         self.site.observe(lambda ch: self.redraw.request(), names="value")
         if self.interactive:  # a static go.Figure cannot sit in a widget box
             self.widget = w.VBox([w.HBox([self.prompt, w.VBox([self.site, self.eps])]), self.status, self.fig])
         self.set_prompt(prompt)
+        self.redraw.request()
 
     def _layout(self):
         fig = make_subplots(rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],
@@ -188,26 +188,15 @@ class RMSNormDashboard(Dashboard):
                           legend=dict(font=dict(size=10)))
         return fig
 
-    def _guard(self, fn, value) -> None:
-        """Run a control's handler; a ValueError (empty prompt, ...) is shown, not raised into the kernel log."""
-        try:
-            fn(value)
-        except ValueError as e:
-            self.status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
-
     def set_prompt(self, text: str) -> None:
         self.tokens = prompt_tokens(self.model, self.tokenizer, text)
         self.texts = token_texts(self.tokenizer, self.tokens[0].tolist())
         self.recompute()
 
-    def set_eps(self, eps: float) -> None:
-        self.recompute(eps)
-
     def recompute(self, eps: float | None = None) -> None:
         eps = self.eps.value if eps is None else eps
         self.captures = capture_norms(self.model, self.tokens, eps=eps)
         self.summary = site_summary(self.captures)
-        self.redraw.request()
 
     def draw(self) -> None:
         caps = {c.name: c for c in self.captures}

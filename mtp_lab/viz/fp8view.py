@@ -1,0 +1,226 @@
+"""FP8 explorer: the E4M3 and E5M2 number lines, quantization error by scaling granularity under an
+outlier, the 128x128 block and 1x128 tile scales of a real layer, and accumulation error against K.
+
+Plain functions compute each panel's data with mtp_lab.fp8; `FP8Explorer` draws them in one figure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from plotly.subplots import make_subplots
+
+from ..fp8 import FORMATS, accumulation_error_vs_k, dequantize, quant_stats, quantize
+from .common import Dashboard, prompt_tokens
+
+GRANULARITY_LABELS = {"tensor": "per tensor", "tile": "1x128 tile", "block": "128x128 block"}
+DEFAULT_KS = (128, 256, 512, 1024, 2048, 4096)
+
+
+def format_values(fmt: str) -> np.ndarray:
+    """Every positive finite value of an FP8 format, ascending: all 256 bit patterns read as fmt's dtype."""
+    v = torch.arange(256, dtype=torch.uint8).view(FORMATS[fmt].dtype).float()
+    return v[torch.isfinite(v) & (v > 0)].unique().numpy()
+
+
+def round_to_format(x: float, fmt: str) -> float:
+    """x cast to the format with a unit scale (no scaling): saturates at +-max, tiny values become 0."""
+    q, s = quantize(torch.tensor([float(x)]), fmt, "tensor", scale=1.0)
+    return float(dequantize(q, s)[0])
+
+
+def outlier_activations(outlier: float, tokens: int = 32, channels: int = 512, channel: int = 7,
+                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """randn activations (tokens, channels) with one channel scaled by `outlier` (LLM activations have a
+    few such channels). Returns (x, mask of the ordinary, non-outlier entries)."""
+    if not outlier > 0:
+        raise ValueError(f"outlier magnitude must be > 0, got {outlier!r}")
+    x = torch.randn(tokens, channels, generator=torch.Generator().manual_seed(seed))
+    x[:, channel] *= outlier
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[:, channel] = False
+    return x, mask
+
+
+def granularity_errors(x: torch.Tensor, mask: torch.Tensor) -> dict[str, dict[str, dict[str, float]]]:
+    """For each format and granularity: relative error ||x_hat - x|| / ||x|| over the ordinary entries
+    (mask), and the share of nonzero ordinary entries that underflowed to 0."""
+    out = {}
+    for fmt in FORMATS:
+        out[fmt] = {}
+        for gran in GRANULARITY_LABELS:
+            q, s = quantize(x, fmt, gran)
+            x_hat = dequantize(q, s, gran)
+            err = (x_hat - x)[mask].norm() / x[mask].norm()
+            under = ((x_hat == 0) & (x != 0) & mask).sum() / ((x != 0) & mask).sum()
+            out[fmt][gran] = {"rel_error": float(err), "underflow": float(under)}
+    return out
+
+
+def linear_layers(model) -> list[str]:
+    """Names of the linears the FP8 recipe can quantize (every nn.Linear but the output head)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "head"]
+
+
+@torch.no_grad()
+def layer_scales(model, name: str, tokens: torch.Tensor) -> dict:
+    """E4M3 scales of layer `name` as DeepSeek-V3 quantizes it: the weight per 128x128 block
+    (ceil(N/128), ceil(K/128)) and its input activation per 1x128 tile (T', ceil(K/128)), from a
+    forward pass on `tokens`; plus quant_stats of both."""
+    layer = dict(model.named_modules()).get(name)
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"{name!r} is not a linear layer of this model; choose one of linear_layers(model)")
+    seen = []
+    handle = layer.register_forward_hook(lambda m, inp, out: seen.append(inp[0][0].detach().float()))
+    was_training = model.training
+    try:
+        model.eval()
+        model(tokens)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    w = layer.weight.detach().float()
+    x = seen[-1] if seen else torch.zeros(0, w.shape[1])  # an MTP depth beyond the prompt sees no position
+    qw, sw = quantize(w, "e4m3", "block")
+    result = {"weight_scale": sw.cpu().numpy(), "weight": quant_stats(w, qw, sw, "block"), "tokens": x.shape[0]}
+    if x.shape[0]:
+        qx, sx = quantize(x, "e4m3", "tile")
+        result.update(act_scale=sx.cpu().numpy(), act=quant_stats(x, qx, sx, "tile"))
+    else:
+        result.update(act_scale=np.zeros((0, sw.shape[1])), act=None)
+    return result
+
+
+class FP8Explorer(Dashboard):
+    """Five panels: number lines, granularity errors, weight block scales, activation tile scales, error vs K."""
+
+    TITLES = ("E4M3 and E5M2: every positive value (log scale)", "Error on ordinary values by granularity",
+              "Weight scales, 128x128 blocks", "Activation scales, 1x128 tiles", "Accumulation error vs K")
+
+    def __init__(self, model, tokenizer, prompt: str = "def forward(self, x):\n    return x",
+                 ks=DEFAULT_KS, interactive: bool | None = None):
+        super().__init__(interactive)
+        import ipywidgets as w
+
+        self.model, self.tokenizer, self.ks = model, tokenizer, tuple(ks)
+        names = linear_layers(model)
+        cs = dict(continuous_update=False, style={"description_width": "initial"})
+        self.value = w.FloatLogSlider(value=3.3, base=10, min=-4, max=5, step=0.01, description="value x",
+                                      readout_format=".3g", **cs)
+        self.outlier = w.FloatLogSlider(value=20.0, base=10, min=0, max=6, step=0.05, description="outlier ×",
+                                        readout_format=".3g", **cs)
+        self.layer = w.Dropdown(options=names, value=names[0], description="layer")
+        self.prompt = w.Text(value=prompt, description="prompt", **cs)
+        self.bits = w.IntSlider(value=14, min=8, max=23, description="accumulator bits", **cs)
+        self.promote = w.Dropdown(options=[32, 64, 128, 256, 512], value=128, description="promote every N_C")
+        self.status = w.HTML()
+        self.fig = self.new_figure(self._layout())
+        for control, compute in ((self.value, self.set_value), (self.outlier, self.set_outlier),
+                                 (self.layer, self.set_layer), (self.prompt, self.set_prompt),
+                                 (self.bits, self.set_accumulation), (self.promote, self.set_accumulation)):
+            control.observe(lambda ch, c=compute: self.handle(c), names="value")
+        if self.interactive:
+            self.widget = w.VBox([w.HBox([self.value, self.outlier, self.bits, self.promote]),
+                                  w.HBox([self.layer, self.prompt]), self.status, self.fig])
+        self.numbers = {f: format_values(f) for f in FORMATS}
+        self.set_value()
+        self.set_outlier()
+        self.set_prompt()
+        self.set_accumulation()
+        self.redraw.request()
+
+    def _layout(self):
+        fig = make_subplots(rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],
+                            subplot_titles=self.TITLES, vertical_spacing=0.2, horizontal_spacing=0.11)
+        self.trace = {}
+
+        def add(key, row, col, kind="scatter", **kw):
+            self.trace[key] = len(fig.data)
+            getattr(fig, f"add_{kind}")(row=row, col=col, **kw)
+
+        for i, fmt in enumerate(FORMATS):
+            add(f"line_{fmt}", 1, 1, name=fmt.upper(), mode="markers", marker=dict(symbol="line-ns-open", size=14),
+                hovertemplate=f"{fmt.upper()}: %{{x:.6g}}<extra></extra>")
+        add("x", 1, 1, name="x", mode="lines", line=dict(color="black", dash="dot"), hoverinfo="skip")
+        add("x_rounded", 1, 1, name="x rounded", mode="markers", marker=dict(color="red", size=11, symbol="x"),
+            hovertemplate="%{text}<extra></extra>")
+        for fmt in FORMATS:
+            add(f"gran_{fmt}", 1, 3, "bar", name=f"{fmt.upper()} error", hovertemplate="%{y:.3g}<extra></extra>")
+        for key, axis, hover in (("w_scale", "xaxis3", "block row %{y}, col %{x}"), ("a_scale", "xaxis4", "token %{y}, tile %{x}")):
+            bar = dict(len=0.38, y=0.19, x=fig.layout[axis].domain[1] + 0.005, thickness=10)  # right of its panel
+            add(key, 2, 1 if key == "w_scale" else 2, "heatmap", colorscale="Viridis", colorbar=bar,
+                hovertemplate=hover + "<br>scale %{z:.3g}<extra></extra>")
+        for key, name, dash in (("limited", "~14-bit accumulator only", None),
+                                ("promoted", "promoted to FP32 every N_C", "dash"),
+                                ("fp32", "FP32 chunk sums (released kernel)", "dot")):
+            add(f"acc_{key}", 2, 3, name=name, mode="lines+markers", line=dict(dash=dash))
+        fig.update_xaxes(type="log", title_text="value", row=1, col=1)
+        fig.update_yaxes(tickvals=[0, 1], ticktext=list(f.upper() for f in FORMATS), range=[-0.6, 1.6], row=1, col=1)
+        fig.update_yaxes(type="log", title_text="rel. error", row=1, col=3)
+        fig.update_xaxes(title_text="K chunk (128 in)", dtick=1, row=2, col=1)
+        fig.update_yaxes(title_text="block (128 out)", autorange="reversed", dtick=1, row=2, col=1)
+        fig.update_xaxes(title_text="K chunk (128 in)", dtick=1, row=2, col=2)
+        fig.update_yaxes(title_text="token", autorange="reversed", row=2, col=2)
+        fig.update_xaxes(type="log", title_text="K", row=2, col=3)
+        fig.update_yaxes(type="log", title_text="rel. error", row=2, col=3)
+        fig.update_layout(height=720, barmode="group", margin=dict(t=60, l=60, r=20, b=40),
+                          legend=dict(font=dict(size=10)))
+        return fig
+
+    def set_value(self) -> None:
+        x = self.value.value
+        self.rounded = {f: round_to_format(x, f) for f in FORMATS}
+
+    def set_outlier(self) -> None:
+        self.gran = granularity_errors(*outlier_activations(self.outlier.value))
+
+    def set_prompt(self) -> None:
+        self.tokens = prompt_tokens(self.model, self.tokenizer, self.prompt.value)
+        self.set_layer()
+
+    def set_layer(self) -> None:
+        self.scales = layer_scales(self.model, self.layer.value, self.tokens)
+
+    def set_accumulation(self) -> None:
+        self.acc = accumulation_error_vs_k(self.ks, m=16, n=16, mantissa_bits=self.bits.value,
+                                           promote_every=self.promote.value)
+
+    def draw(self) -> None:
+        x, t, sc = self.value.value, self.trace, self.scales
+        data = self.fig.data
+        with self.fig.batch_update():
+            for i, fmt in enumerate(FORMATS):
+                data[t[f"line_{fmt}"]].x, data[t[f"line_{fmt}"]].y = self.numbers[fmt], np.full(len(self.numbers[fmt]), i)
+            data[t["x"]].x, data[t["x"]].y = [x, x], [-0.5, 1.5]
+            shown = [(v, i, f) for i, (f, v) in enumerate(self.rounded.items()) if v > 0]
+            data[t["x_rounded"]].x = [v for v, _, _ in shown]
+            data[t["x_rounded"]].y = [i for _, i, _ in shown]
+            data[t["x_rounded"]].text = [f"{x:.4g} -> {f.upper()} {v:.4g}" for v, _, f in shown]
+            for fmt in FORMATS:
+                bars = data[t[f"gran_{fmt}"]]
+                bars.x = list(GRANULARITY_LABELS.values())
+                bars.y = [self.gran[fmt][g]["rel_error"] for g in GRANULARITY_LABELS]
+            data[t["w_scale"]].z = sc["weight_scale"]
+            data[t["a_scale"]].z = sc["act_scale"]
+            for key in ("limited", "promoted", "fp32"):
+                data[t[f"acc_{key}"]].x = [r["k"] for r in self.acc]
+                data[t[f"acc_{key}"]].y = [r[key] for r in self.acc]
+            self.fig.layout.annotations[2].text = f"{self.TITLES[2]}: {self.layer.value}"
+        rel = lambda f: f"{f.upper()} {self.rounded[f]:.4g} ({abs(self.rounded[f] - x) / x:.1%} off)"
+        act = sc["act"]
+        act_text = (f"activation tiles: rel. error {act['rel_error']:.2%}, scales {act['scale_min']:.2g}"
+                    f"..{act['scale_max']:.2g}" if act else "no activation at this MTP depth for so short a prompt")
+        under = {f: self.gran[f]["tensor"]["underflow"] for f in FORMATS}
+        self.status.value = (
+            f"x = {x:.4g} -> {rel('e4m3')}, {rel('e5m2')} · outlier ×{self.outlier.value:.3g}: per-tensor E4M3 "
+            f"underflows {under['e4m3']:.1%} of ordinary values · <b>{self.layer.value}</b>: weight blocks rel. "
+            f"error {sc['weight']['rel_error']:.2%}; {act_text}")
+
+
+def fp8_explorer(model, tokenizer, prompt: str = "def forward(self, x):\n    return x", ks=DEFAULT_KS,
+                 interactive: bool | None = None) -> FP8Explorer:
+    """FP8 explorer on `model`: E4M3/E5M2 number lines with a value slider, quantization error per
+    granularity with an outlier slider, block and tile scale heatmaps of a chosen layer for `prompt`,
+    and accumulation error against K (accumulator bits and promotion interval N_C adjustable)."""
+    return FP8Explorer(model, tokenizer, prompt, ks, interactive)
