@@ -72,16 +72,6 @@ class Throttle:
                 self._timer.start()
             return False
 
-    def handle(self, compute: Callable, *args) -> None:
-        """A control's handler: recompute, then redraw. A ValueError (empty prompt, ...) is shown in
-        `self.status` (an HTML widget) rather than raised into the kernel's log."""
-        try:
-            compute(*args)
-        except ValueError as e:
-            self.status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
-            return
-        self.redraw.request()
-
     def flush(self) -> None:
         """Draw the pending frame, if any, now."""
         with self._lock:
