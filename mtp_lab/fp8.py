@@ -77,6 +77,10 @@ def _check(granularity: str, block_size: int) -> None:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
 
 
+def _pad(x: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:
+    return F.pad(x, pads) if any(pads) else x
+
+
 def _groups(x: torch.Tensor, granularity: str, block_size: int) -> torch.Tensor:
     """Zero-pad x and view it as groups: tensor (1, n); tile (..., nK, bs); block (nN, bs, nK, bs)."""
     if granularity == "tensor":
@@ -84,13 +88,13 @@ def _groups(x: torch.Tensor, granularity: str, block_size: int) -> torch.Tensor:
     K, bs = x.shape[-1], block_size
     nK = -(-K // bs)
     if granularity == "tile":
-        return F.pad(x, (0, nK * bs - K)).reshape(*x.shape[:-1], nK, bs)
+        return _pad(x, (0, nK * bs - K)).reshape(*x.shape[:-1], nK, bs)
     if x.dim() != 2:
         raise ValueError(f"block granularity is for 2-D weights (out, in), got shape {tuple(x.shape)}; "
                          f"use granularity='tile' for activations")
     N = x.shape[0]
     nN = -(-N // bs)
-    return F.pad(x, (0, nK * bs - K, 0, nN * bs - N)).reshape(nN, bs, nK, bs)
+    return _pad(x, (0, nK * bs - K, 0, nN * bs - N)).reshape(nN, bs, nK, bs)
 
 
 def _ungroup(g: torch.Tensor, shape: torch.Size, granularity: str) -> torch.Tensor:
@@ -153,7 +157,7 @@ def quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: str = 
         _check_finite(amax)
         s = torch.full_like(amax, float(scale))
     # explicit saturation at +-max BEFORE the cast (e5m2 would otherwise turn large values into inf)
-    q = (g / _scale_view(s, granularity)).clamp(-f.max, f.max).to(f.dtype)
+    q = (g / _scale_view(s, granularity)).clamp_(-f.max, f.max).to(f.dtype)
     return _ungroup(q, x.shape, granularity), (s.reshape(()) if granularity == "tensor" else s)
 
 
@@ -171,7 +175,9 @@ def expand_scale(scale: torch.Tensor, shape: torch.Size, granularity: str, block
 def dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str = "tensor", block_size: int = 128
                ) -> torch.Tensor:
     """x ~= q * s, in float32 (float8 arithmetic is not implemented on CPU: always compute in fp32)."""
-    return q.float() * expand_scale(scale, q.shape, granularity, block_size)
+    _check(granularity, block_size)
+    g = _groups(q.float(), granularity, block_size) * _scale_view(scale, granularity)
+    return _ungroup(g, q.shape, granularity)
 
 
 def fake_quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: str = "tensor",
@@ -214,8 +220,8 @@ def scaled_matmul(qa: torch.Tensor, sa: torch.Tensor, qb: torch.Tensor, sb: torc
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     (M, K), N, nK = qa.shape, qb.shape[0], sa.shape[1]
     if backend == "dequant":
-        a = qa.float() * sa.repeat_interleave(block_size, 1)[:, :K]                 # (M, K)
-        b = qb.float() * sb.repeat_interleave(block_size, 1)[:, :K]                 # (N, K)
+        a = dequantize(qa, sa, "tile", block_size)                                 # (M, K)
+        b = dequantize(qb, sb, "tile", block_size)                                 # (N, K)
         return a @ b.t()                                                            # (M, N)
     out = torch.zeros(M, N, device=qa.device, dtype=torch.float32)
     for c in range(nK):
