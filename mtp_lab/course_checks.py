@@ -288,8 +288,7 @@ def _fake_quant(fn) -> str:
         raise Wrong("rounding to integers is not FP8: cast x / s to torch.float8_e4m3fn")
     if not close(got, want, atol=1e-6, rtol=1e-5):
         raise Wrong(f"values differ from the per-tile E4M3 round trip by up to {(got - want).abs().max():.3g}")
-    err = ((got - x).norm() / x.norm()).item()
-    return f"per-tile E4M3 round trip, relative error {err:.3f} even with an outlier of 900."
+    return "the per-tile E4M3 round trip: the outlier of 900 only coarsens its own tile."
 
 
 # ---------------------------------------------------------------- 06 speculative decoding

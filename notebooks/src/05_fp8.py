@@ -1,0 +1,240 @@
+# %% [markdown]
+# # 05 · FP8 mixed precision, DeepSeek-V3 style
+#
+# **You will learn**
+# - the two FP8 formats (E4M3, E5M2), their range and precision, and why DeepSeek-V3 uses E4M3 everywhere;
+# - why FP8 needs **scaling**, and why the scale is fine-grained: 1x128 tiles for activations, 128x128 blocks for
+#   weights;
+# - the accumulation problem (about 14 bits in the tensor core) and its fix, promotion to FP32 every 128 elements;
+# - `FP8Linear` (all three GEMMs in E4M3) and `apply_fp8_recipe`: what goes to FP8 and what stays in BF16/FP32;
+# - how much FP8 changes training, measured, and the FP8 explorer on the trained model.
+#
+# **Time:** about 40 minutes; the notebook runs in about 40 s on 2 CPU cores.
+#
+# Everything here is a faithful **simulation** on the CPU: values are rounded by PyTorch's own float8 casts and
+# multiplied in FP32. On a GPU with FP8 tensor cores (H100/H200) `backend="scaled_mm"` runs the same scheme on real
+# FP8 GEMMs.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# !git clone <repository-url> mtp-lab
+# %pip install -q --no-deps -e mtp-lab anywidget
+import torch
+from mtp_lab.course import check, environment_report
+
+device = environment_report()
+
+# %% [markdown]
+# ## The formats
+#
+# An 8-bit float is sign, exponent and mantissa bits. **E4M3** (4 exponent, 3 mantissa bits) is more precise,
+# **E5M2** has more range. Earlier FP8 training used E4M3 forward and E5M2 for gradients; DeepSeek-V3 uses **E4M3 for
+# every GEMM input** and gets the range from scaling instead. Every number below is read from `torch.finfo`.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from mtp_lab import FORMATS
+
+for f in FORMATS.values():
+    print(f"{f.name}: max {f.max:g}, smallest normal {f.min_normal:g}, smallest subnormal {f.min_subnormal:g}, "
+          f"{f.mantissa_bits} mantissa bits -> relative rounding error <= {f.rel_error_bound:.4f}")
+
+# %% [markdown]
+# What a plain cast does at the edges: E4M3 has no infinity and PyTorch's cast **saturates** (449, a million and
+# even inf become 448); E5M2 sends large values to inf. And the typical relative error of rounding `randn` values:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+big = torch.tensor([300.0, 449.0, 1e6, float("inf")])
+print("e4m3:", big.to(torch.float8_e4m3fn).float().tolist())
+print("e5m2:", big.to(torch.float8_e5m2).float().tolist())
+x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
+for name, f in FORMATS.items():
+    rel = ((x.to(f.dtype).float() - x).norm() / x.norm()).item()
+    print(f"relative RMS error of a randn cast to {name}: {rel:.3f}")
+
+# %% [markdown]
+# ## Why scale, and how finely
+#
+# FP8 covers a narrow window. Values far below it underflow to zero, values above it saturate. The fix is a scale per
+# group of values, computed online from the group's largest magnitude:
+#
+# $$s = \frac{\max|x|}{448}, \qquad q = \mathrm{E4M3}(x / s), \qquad x \approx q \cdot s$$
+#
+# How large is a group? One scale for the whole tensor lets a single outlier (LLM activations have a few channels
+# hundreds of times larger than the rest) push every ordinary value towards underflow. DeepSeek-V3 uses **1x128
+# tiles** for activations (per token, per 128 channels) and **128x128 blocks** for weights. Below: activations with
+# one outlier channel, from 10x to 100 000x larger than the rest, and the error on the ordinary values.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from mtp_lab import dequantize, quantize
+
+ordinary = torch.ones(32, 512, dtype=torch.bool)
+ordinary[:, 7] = False                                   # channel 7 will be the outlier
+print("outlier x   per tensor   1x128 tiles    (relative error of the ordinary values)")
+for outlier in (10.0, 1e3, 1e4, 1e5):
+    acts = torch.randn(32, 512, generator=torch.Generator().manual_seed(1))
+    acts[:, 7] *= outlier
+    errors = []
+    for gran in ("tensor", "tile"):
+        q, s = quantize(acts, "e4m3", gran)             # q: float8_e4m3fn, s: float32 scale(s) per group
+        errors.append(((dequantize(q, s, gran) - acts)[ordinary].norm() / acts[ordinary].norm()).item())
+    print(f"{outlier:9.0e}   {errors[0]:10.3f}   {errors[1]:11.3f}")
+print("tile scales for (32, 512) activations:", tuple(quantize(acts, "e4m3", "tile")[1].shape))
+
+# %% [markdown]
+# Up to an outlier of about 1000x the per-tensor scale still copes: E4M3's normal range spans
+# $448 / 2^{-6} \approx 2.9 \cdot 10^4$. Beyond that the outlier sets $s$ so large that ordinary values fall into the
+# subnormal range, lose their bits, then underflow to zero. With 1x128 tiles only the 127 channels that share the
+# outlier's tile (per token) are affected; the token's other three tiles keep full E4M3 precision.
+#
+# Weights are quantized per 128x128 block, which keeps
+# the scales cheap (one per block) while still adapting to different regions of the matrix:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+W = torch.randn(300, 200, generator=torch.Generator().manual_seed(2)) * 0.02   # (out, in), not multiples of 128
+qw, sw = quantize(W, "e4m3", "block")
+print("weight", tuple(W.shape), "-> block scales", tuple(sw.shape), "(shapes padded to 128 for the scale only)")
+print("relative error:", round(((dequantize(qw, sw, "block") - W).norm() / W.norm()).item(), 3))
+
+# %% [markdown]
+# ## The GEMM and the accumulation problem
+#
+# `fp8_matmul(a, b)` computes $a b^\top$ the way the released kernel does: activations in tiles, the weight in
+# blocks, each 128-wide chunk of $K$ multiplied in FP8 and scaled by its two scales, the partial results summed in
+# FP32. Its error against the FP32 product comes only from rounding the inputs:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from mtp_lab import fp8_matmul
+
+a = torch.randn(64, 1024, generator=torch.Generator().manual_seed(3))
+b = torch.randn(256, 1024, generator=torch.Generator().manual_seed(4)) * 0.02
+exact = a @ b.T
+print("fp8_matmul relative error vs fp32:", round(((fp8_matmul(a, b) - exact).norm() / exact.norm()).item(), 3))
+
+# %% [markdown]
+# But H800 tensor cores keep only about **14 bits** while accumulating an FP8 GEMM, so the error of a long sum
+# grows with $K$ (the report: up to about 2% at $K = 4096$). DeepSeek-V3's fix: every $N_C = 128$ elements, copy the
+# partial sum to an FP32 register and restart. `accumulation_error_vs_k` simulates the 14-bit accumulator bit by bit
+# (on inputs already in E4M3, so only accumulation error is measured):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from mtp_lab import accumulation_error_vs_k
+
+print("    K   14-bit all K   promoted every 128   fp32 chunks < 1e-6")
+for row in accumulation_error_vs_k(ks=(128, 512, 1024, 4096), m=16, n=16):
+    print(f"{row['k']:5d}   {row['limited']:11.2%}   {row['promoted']:18.2%}   {row['fp32'] < 1e-6}")
+
+# %% [markdown]
+# Without promotion the error grows roughly in proportion to $K$; with promotion it stays at the level of a 128-long
+# sum whatever $K$ is.
+#
+# ## FP8Linear and the recipe
+#
+# `FP8Linear` is an `nn.Linear` whose three GEMMs (forward $y = xW^\top$, input gradient $dx = dy\,W$, weight
+# gradient $dW = dy^\top x$) all take E4M3 inputs. Master weights and gradients stay in FP32 (the report keeps AdamW
+# moments in BF16). It shares the original layer's parameters, so swapping it in changes nothing else:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from mtp_lab import FP8Linear
+
+torch.manual_seed(0)
+linear = torch.nn.Linear(512, 256, bias=False)
+fp8 = FP8Linear.from_linear(linear)
+x = torch.randn(8, 512, requires_grad=True)
+y_ref, y_fp8 = linear(x), fp8(x)
+(dx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+(dx_fp8,) = torch.autograd.grad(y_fp8.square().sum(), x)
+rel = lambda u, v: round(((u - v).norm() / v.norm()).item(), 3)
+print("same Parameter object:", fp8.weight is linear.weight)
+print("relative error: output", rel(y_fp8, y_ref), " input gradient", rel(dx_fp8, dx_ref))
+
+# %% [markdown]
+# `apply_fp8_recipe(model, scope)` swaps the linears of the transformer blocks (`"main"`), of the MTP modules
+# (`eh_proj` and their block, `"mtp"`), or both (`"all"`). What stays in high precision, following the report: the
+# **embedding**, the **output head**, every **normalisation**, and the **attention core** (softmax of $QK^\top$ times
+# $V$); also MoE gating in DeepSeek-V3. These are small in FLOPs but sensitive: the head's logits decide which
+# tokens are drafted and accepted, and norms divide by statistics of the whole vector.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from mtp_lab import MTPModel, apply_fp8_recipe, get_preset
+
+model = MTPModel(get_preset("course"))
+apply_fp8_recipe(model, scope="mtp")
+converted = [n for n, m in model.named_modules() if isinstance(m, FP8Linear)]
+print(len(converted), "FP8Linear layers, e.g.", converted[:3])
+print("config.fp8 =", model.config.fp8)
+print("still high precision:", type(model.embed).__name__, type(model.head).__name__,
+      type(model.layers[0].attn.wq).__name__, "(main blocks are untouched with scope='mtp')")
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 1: tile scales
+# Write `tile_scales(x)` for activations `x` of shape (M, K): one E4M3 scale per row and per 128 columns (pad the
+# last tile), shape (M, ceil(K/128)).
+
+# %%
+def tile_scales(x):
+    # YOUR CODE HERE
+    return None
+
+
+check("tile_scales", tile_scales)
+
+# %% [markdown]
+# ### Exercise 2: the FP8 round trip
+# Write `fake_quant(x)`: quantize `x` (M, K) to E4M3 with your tile scales and return the dequantized float32 values,
+# what the FP8 GEMM actually multiplies.
+
+# %%
+def fake_quant(x):
+    # YOUR CODE HERE
+    return None
+
+
+check("fake_quant", fake_quant)
+
+# %% [markdown]
+# ## Summary
+#
+# - E4M3 (max 448, 3 mantissa bits) for every GEMM input; range comes from per-group scales $s = \max|x|/448$.
+# - Fine-grained groups (1x128 activation tiles, 128x128 weight blocks) stop outliers from wiping out ordinary values.
+# - FP8 tensor cores accumulate with about 14 bits; promoting partial sums to FP32 every 128 elements fixes it.
+# - The embedding, output head, norms and attention core stay in BF16/FP32; master weights and gradients in FP32.
+#
+# **Next:** [06 · Speculative decoding](06_speculative_decoding.ipynb).
+
+# %% [markdown]
+# ---
+# ## Solutions
+# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+
+# %% [solution]
+# NBVAL_CHECK_OUTPUT
+import torch.nn.functional as F
+
+
+def tile_scales(x):
+    M, K = x.shape
+    n_tiles = -(-K // 128)                                           # ceil(K / 128)
+    tiles = F.pad(x, (0, n_tiles * 128 - K)).view(M, n_tiles, 128)    # (M, n_tiles, 128)
+    return tiles.abs().amax(dim=-1) / 448.0
+
+
+check("tile_scales", tile_scales)
+
+# %% [solution]
+# NBVAL_CHECK_OUTPUT
+def fake_quant(x):
+    s = tile_scales(x).repeat_interleave(128, dim=1)[:, :x.shape[1]]  # one scale per element
+    return (x / s).to(torch.float8_e4m3fn).float() * s
+
+
+check("fake_quant", fake_quant)
