@@ -8,7 +8,7 @@ import json
 import sys
 
 # subcommand modules, in the order `mtp-lab --help` lists them
-SUBCOMMAND_MODULES = ["mtp_lab.cli"]
+SUBCOMMAND_MODULES = ["mtp_lab.cli", "mtp_lab.fp8_bench"]
 
 
 def register(subparsers) -> None:

@@ -58,14 +58,16 @@ def test_relative_error_within_format_bound(fmt):
 
 def test_outlier_tile_beats_block_beats_tensor():
     x = torch.randn(256, 512, generator=torch.Generator().manual_seed(1))
-    x[3, 7] = 1000.0                                                # one activation outlier
-    err = {g: float((fake_quantize(x, "e4m3", g) - x).norm() / x.norm()) for g in ("tile", "block", "tensor")}
-    assert err["tile"] < err["block"] < err["tensor"]
-    # the outlier only flattens its own group: values elsewhere keep the normal error
+    x[3, 7] = 1e5                                                   # one activation outlier
     rest = torch.ones_like(x, dtype=torch.bool)
+    rest[3, 7] = False
+    err = {g: float((fake_quantize(x, "e4m3", g) - x)[rest].norm() / x[rest].norm())
+           for g in ("tile", "block", "tensor")}
+    assert err["tile"] < 0.03 < err["block"] < 0.08 < err["tensor"]
+    # the outlier only coarsens its own group: outside its 128x128 block the error is the normal one
     rest[:128, :128] = False
     block_rest = (fake_quantize(x, "e4m3", "block") - x)[rest].norm() / x[rest].norm()
-    assert block_rest < 0.035
+    assert block_rest < 0.03
 
 
 def test_saturation_before_cast():
