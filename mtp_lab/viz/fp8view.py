@@ -164,8 +164,8 @@ class FP8Explorer(Dashboard):
         fig.update_yaxes(title_text="token", autorange="reversed", row=2, col=2)
         fig.update_xaxes(type="log", title_text="K", row=2, col=3)
         fig.update_yaxes(type="log", title_text="rel. error", row=2, col=3)
-        fig.update_layout(height=720, barmode="group", margin=dict(t=60, l=60, r=20, b=40),
-                          legend=dict(font=dict(size=10)))
+        fig.update_layout(height=760, barmode="group", margin=dict(t=60, l=60, r=20, b=40),
+                          legend=dict(font=dict(size=10), orientation="h", y=-0.1, x=0))
         return fig
 
     def set_value(self) -> None:

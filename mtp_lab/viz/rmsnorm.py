@@ -113,12 +113,17 @@ def eps_response(rms: np.ndarray, eps: float) -> np.ndarray:
 
 
 def channel_stats(capture: NormCapture, bins: int = 40) -> dict[str, np.ndarray]:
-    """Per channel j: RMS over tokens of x_j, and the gain g_j; histograms of all entering and leaving values."""
+    """Per channel j: the gain g_j and the RMS over tokens of x_j relative to the RMS of all of x
+    (1 = an average channel; outlier channels stand out). Histograms of log10|v| of all entering and
+    leaving values: the norm moves the whole distribution to the scale of g whatever the input's scale."""
     x, y = capture.x, capture.y
-    out = {"channel_rms": x.pow(2).mean(0).sqrt().numpy() if x.shape[0] else np.zeros(x.shape[1]),
-           "gain": capture.gain.numpy()}
+    total = x.pow(2).mean().sqrt() if x.numel() else torch.tensor(1.0)
+    rel = x.pow(2).mean(0).sqrt() / total.clamp_min(1e-30) if x.shape[0] else torch.zeros(x.shape[1])
+    out = {"channel_rms": rel.numpy(), "gain": capture.gain.numpy()}
     for key, v in (("in", x), ("out", y)):
-        counts, edges = np.histogram(v.numpy().ravel(), bins=bins) if v.numel() else (np.zeros(0), np.zeros(1))
+        mags = v.abs().flatten()
+        logs = mags[mags > 0].log10().numpy()
+        counts, edges = np.histogram(logs, bins=bins) if logs.size else (np.zeros(0), np.zeros(1))
         out[f"hist_{key}_x"], out[f"hist_{key}_count"] = (edges[:-1] + edges[1:]) / 2, counts
     return out
 
@@ -129,8 +134,8 @@ EPS_GRID = np.logspace(-9, 2, 200)  # input RMS values for the eps curve
 class RMSNormDashboard(Dashboard):
     """Prompt box, norm-site dropdown and eps slider over one 5-panel figure, updated in place."""
 
-    TITLES = ("Mean RMS / max|x| entering and leaving every RMSNorm", "What eps does near zero",
-              "Per token", "Values entering vs leaving", "Gain g_j and channel RMS of x_j")
+    TITLES = ("RMS and max|x| in/out of every norm", "What eps does near zero",
+              "Per token", "log10|value| in vs out", "Gain g_j, channel RMS")
 
     def __init__(self, model, tokenizer, prompt: str = "def forward(self, x):\n    return x",
                  interactive: bool | None = None):
@@ -177,15 +182,15 @@ class RMSNormDashboard(Dashboard):
         add("hist_in", 2, 2, "bar", name="entering", opacity=0.6)
         add("hist_out", 2, 2, "bar", name="leaving", opacity=0.6)
         add("gain", 2, 3, name="gain g_j", mode="lines")
-        add("channel_rms", 2, 3, "bar", name="RMS of x_j", opacity=0.5)
+        add("channel_rms", 2, 3, "bar", name="RMS of x_j / RMS of x", opacity=0.5)
         fig.update_yaxes(type="log", row=1, col=1)
         fig.update_xaxes(type="log", title_text="input RMS r", row=1, col=3)
         fig.update_yaxes(title_text="output RMS (before g)", row=1, col=3)
         fig.update_xaxes(title_text="position", row=2, col=1)
-        fig.update_xaxes(title_text="value", row=2, col=2)
+        fig.update_xaxes(title_text="log10 |value|", row=2, col=2)
         fig.update_xaxes(title_text="channel j", row=2, col=3)
-        fig.update_layout(height=720, barmode="overlay", margin=dict(t=60, l=50, r=20, b=40),
-                          legend=dict(font=dict(size=10)))
+        fig.update_layout(height=780, barmode="overlay", margin=dict(t=60, l=50, r=20, b=40),
+                          legend=dict(font=dict(size=10), orientation="h", y=-0.12, x=0))
         return fig
 
     def set_prompt(self, text: str) -> None:
@@ -226,8 +231,7 @@ class RMSNormDashboard(Dashboard):
                     tr.customdata = custom
             self.fig.layout.shapes = [dict(type="rect", xref="x", yref="paper", x0=idx - 0.5, x1=idx + 0.5,
                                            y0=0.62, y1=1.0, fillcolor="orange", opacity=0.2, line_width=0)]
-            for ann, title in zip(self.fig.layout.annotations[2:], self.TITLES[2:]):
-                ann.text = f"{title}: {cap.label}"
+            self.fig.layout.annotations[2].text = f"{self.TITLES[2]}: {cap.label}"
         n = cap.x.shape[0]
         note = "" if n else " (the prompt is too short for this MTP depth: it sees T-k positions)"
         self.status.value = (f"{self.tokens.shape[1]} tokens · <b>{cap.label}</b>: {n} vectors{note} · "
