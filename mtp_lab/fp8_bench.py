@@ -64,22 +64,26 @@ def step_cost(corpus, rounds: int = 6, batch_size: int = 8, seq_len: int = 128, 
               device=None) -> dict:
     """Median seconds per optimizer step for fp32, bf16 autocast and bf16 + FP8 block linears ("all").
 
-    One warm-up step each, then `rounds` rounds of one step per variant, interleaved.
+    One warm-up step each, then `rounds` rounds of one step per variant, interleaved. Wall time and
+    this process's CPU time (less sensitive to other programs sharing the cores) are both reported.
     """
     variants = {"fp32": ("none", "fp32"), "bf16": ("none", "bf16"), "fp8": ("all", "bf16")}
     trainers = {name: _trainer(corpus, fp8, prec, rounds + 1, batch_size, seq_len, seed, device)
                 for name, (fp8, prec) in variants.items()}
-    times = {name: [] for name in trainers}
+    wall, cpu = ({name: [] for name in trainers} for _ in range(2))
     for r in range(rounds + 1):
         for name, tr in trainers.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             tr.train_step()
             if r:
-                times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    return {"seconds_per_step": med, "fp8_over_bf16": med["fp8"] / med["bf16"],
-            "fp8_over_fp32": med["fp8"] / med["fp32"], "bf16_over_fp32": med["bf16"] / med["fp32"],
-            "rounds": rounds, "batch_size": batch_size, "seq_len": seq_len}
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    med = {name: statistics.median(ts) for name, ts in wall.items()}
+    med_cpu = {name: statistics.median(ts) for name, ts in cpu.items()}
+    return {"seconds_per_step": med, "cpu_seconds_per_step": med_cpu,
+            "fp8_over_bf16": med["fp8"] / med["bf16"], "fp8_over_fp32": med["fp8"] / med["fp32"],
+            "bf16_over_fp32": med["bf16"] / med["fp32"], "rounds": rounds, "batch_size": batch_size,
+            "seq_len": seq_len, "threads": torch.get_num_threads()}
 
 
 def train_comparison(corpus, steps: int = 200, batch_size: int = 8, seq_len: int = 128, seed: int = 1337,
@@ -180,9 +184,10 @@ def _markdown(results: dict) -> str:
         lines.append("")
     if "cost" in results:
         c = results["cost"]
-        s = c["seconds_per_step"]
-        lines += [f"step cost (batch {c['batch_size']} x {c['seq_len']}, median of {c['rounds']}): "
-                  f"fp32 {s['fp32']:.2f} s, bf16 {s['bf16']:.2f} s, fp8 {s['fp8']:.2f} s; "
+        s, cs = c["seconds_per_step"], c["cpu_seconds_per_step"]
+        lines += [f"step cost (batch {c['batch_size']} x {c['seq_len']}, median of {c['rounds']}, "
+                  f"{c['threads']} threads): fp32 {s['fp32']:.2f} s, bf16 {s['bf16']:.2f} s, fp8 {s['fp8']:.2f} s "
+                  f"(CPU time {cs['fp32']:.2f} / {cs['bf16']:.2f} / {cs['fp8']:.2f} s); "
                   f"fp8/bf16 = {c['fp8_over_bf16']:.2f}x, fp8/fp32 = {c['fp8_over_fp32']:.2f}x, "
                   f"bf16/fp32 = {c['bf16_over_fp32']:.2f}x", ""]
     if "train" in results:
