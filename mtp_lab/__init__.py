@@ -1,11 +1,15 @@
 """mtp_lab: DeepSeek-V3-style Multi-Token Prediction, small enough to read, faithful enough to trust."""
 
 from .config import PRESETS, ModelConfig, get_preset
+from .decoding import (GenerationResult, GenerationStats, SpeculativeStep, generate, speculative_accept,
+                       speculative_generate, speculative_steps)
+from .drafters import MTPDrafter, NGramDrafter
 from .fp8 import FORMATS, FP8Format, accumulation_error_vs_k, dequantize, fp8_matmul, quantize
 from .fp8_linear import FP8Linear, apply_fp8_recipe, fp8_stats, record_fp8_stats
 from .layers import KVCache, RMSNorm
 from .loss import LossParts, mtp_lambda, mtp_loss
 from .model import ModelCache, MTPModel, MTPModule, MTPOutput
+from .sampling import SamplingParams, probs_from_logits
 
 __version__ = "0.1.0"
 
@@ -22,4 +26,6 @@ __all__ = [
     "KVCache", "RMSNorm", "mtp_loss", "mtp_lambda", "LossParts", "__version__",
     "FORMATS", "FP8Format", "quantize", "dequantize", "fp8_matmul", "accumulation_error_vs_k",
     "FP8Linear", "apply_fp8_recipe", "record_fp8_stats", "fp8_stats",
+    "generate", "speculative_generate", "speculative_steps", "speculative_accept", "GenerationResult",
+    "GenerationStats", "SpeculativeStep", "MTPDrafter", "NGramDrafter", "SamplingParams", "probs_from_logits",
 ]

@@ -1,0 +1,339 @@
+"""Decoding: the autoregressive baseline and lossless speculative decoding with MTP (or n-gram) drafts.
+
+One engine: `speculative_steps` yields one event per main-model forward; `speculative_generate` drains it.
+Batch size 1 only (one sequence per call), as is usual for latency-bound speculative decoding.
+
+Each step, with t_0..t_n committed (t_n sampled but not yet fed to the main model):
+  1. the drafter proposes d_1..d_k with distributions q_1..q_k;
+  2. the main model runs ONE cached forward over [t_n, d_1..d_k] and gives p_1..p_{k+1}
+     (p_i is the target distribution of the token after position n+i-1);
+  3. d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i)), left to right; at the first rejection
+     the step emits a token from norm(max(0, p_i - q_i)); if all k pass, a bonus token from p_{k+1};
+  4. every KV cache is truncated back to the kept positions.
+The emitted tokens are distributed exactly as the main model's own samples (Leviathan et al. 2023).
+Greedy (temperature 0): p and q are one-hot, so a draft is kept iff it equals the target argmax, and the
+output is token for token the greedy AR output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from .drafters import MTPDrafter, NGramDrafter
+from .model import MTPModel
+from .sampling import SamplingParams
+
+STOP_REASONS = ("max_new_tokens", "eos", "max_seq_len")
+
+
+@dataclass
+class GenerationStats:
+    """Counters of one generation. Metric names follow vLLM."""
+    new_tokens: int = 0
+    main_forwards: int = 0           # main-model forwards, the prefill included
+    draft_forwards: int = 0          # drafter module forwards (0 for weight-free drafters)
+    steps: int = 0                   # verify forwards that checked at least one draft
+    drafted: int = 0
+    accepted: int = 0
+    drafted_per_position: list[int] = field(default_factory=list)   # [j]: steps that drafted position j+1
+    accepted_per_position: list[int] = field(default_factory=list)  # [j]: steps that accepted position j+1
+    wall_time_s: float = 0.0
+    draft_time_s: float = 0.0
+    verify_time_s: float = 0.0       # main-model forwards (prefill included)
+    stop_reason: str = ""            # one of STOP_REASONS
+
+    @property
+    def acceptance_rate(self) -> float:
+        """accepted / drafted."""
+        return self.accepted / self.drafted if self.drafted else float("nan")
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        """tau = 1 + accepted / steps: tokens per verifying forward, the bonus or corrected token included."""
+        return 1.0 + self.accepted / self.steps if self.steps else float("nan")
+
+    @property
+    def per_position(self) -> list[float]:
+        """Acceptance rate at draft position j: accepted at j / steps that drafted j (includes the chain)."""
+        return [a / d if d else float("nan") for a, d in zip(self.accepted_per_position, self.drafted_per_position)]
+
+    @property
+    def tokens_per_main_forward(self) -> float:
+        return self.new_tokens / self.main_forwards if self.main_forwards else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for name in ("acceptance_rate", "mean_acceptance_length", "per_position",
+                     "tokens_per_main_forward", "tokens_per_second"):
+            d[name] = getattr(self, name)
+        return d
+
+
+@dataclass
+class GenerationResult:
+    prompt: list[int]
+    tokens: list[int]                # the generated tokens only
+    stats: GenerationStats
+
+    @property
+    def sequence(self) -> list[int]:
+        return self.prompt + self.tokens
+
+
+@dataclass
+class SpeculativeStep:
+    """One main-model forward of the engine: what was drafted, what the target said, what was kept.
+
+    Step 0 is the prefill (no drafts). Greedy steps have one-hot probabilities and zero draws.
+    """
+    index: int
+    position: int                     # sequence index of the first token this step emits
+    draft_tokens: list[int]           # d_1..d_k
+    draft_probs: torch.Tensor         # (k, V): q_i
+    draft_logits: torch.Tensor | None  # (k, V): the drafter's raw logits (None: n-gram or no draft)
+    target_probs: torch.Tensor        # (k+1, V): p_i, same temperature/top-k/top-p as q
+    target_logits: torch.Tensor       # (k+1, V): the main model's raw logits
+    uniforms: torch.Tensor            # (k,): u_i; d_i accepted iff u_i < p_i(d_i) / q_i(d_i)
+    accepted: list[bool]              # per draft; False after the first rejection (not examined)
+    n_accepted: int
+    next_token: int                   # the corrected token (after a rejection) or the bonus token
+    is_bonus: bool
+    emitted: list[int]                # tokens appended this step (cut after EOS)
+    draft_time_s: float
+    verify_time_s: float
+    step_time_s: float
+    stop_reason: str | None           # set on the last step
+
+
+def speculative_accept(draft: Sequence[int], q: torch.Tensor, p: torch.Tensor, params: SamplingParams,
+                       generator: torch.Generator | None = None) -> tuple[int, int, torch.Tensor]:
+    """Speculative sampling over k drafts. q: (k, V), p: (k+1, V). Returns (n_accepted, next token, u).
+
+    accept d_i   iff  u_i < p_i(d_i) / q_i(d_i),   u_i ~ U[0, 1)   (written u_i q_i(d_i) < p_i(d_i))
+    first reject at i:  next ~ norm(max(0, p_i - q_i));   all accepted:  next ~ p_{k+1}   (bonus)
+    Greedy: p and q are one-hot, the ratio is 0 or 1, and u = 0 decides without a draw.
+    """
+    k = len(draft)
+    if k:
+        idx = torch.arange(k, device=p.device)
+        d = torch.tensor(draft, device=p.device)
+        q = q.to(p)
+        u = (torch.zeros(k, dtype=p.dtype, device=p.device) if params.greedy
+             else torch.rand(k, generator=generator, dtype=p.dtype, device=p.device))
+        ok = u * q[idx, d] < p[idx, d]                                             # (k,)
+        n_acc = int(ok.long().cumprod(0).sum())
+    else:
+        u, n_acc = torch.zeros(0, dtype=p.dtype, device=p.device), 0
+    if n_acc < k:
+        residual = (p[n_acc] - q[n_acc]).clamp_min(0)                              # max(0, p - q)
+        mass = residual.sum()
+        # p == q up to rounding leaves no residual mass (and such a rejection has probability ~0): use p
+        dist = residual / mass if mass > 0 else p[n_acc]
+        return n_acc, params.sample(dist, generator), u
+    return n_acc, params.sample(p[k], generator), u
+
+
+def _prompt_list(model: MTPModel, prompt_ids) -> list[int]:
+    """Validate a prompt (list of ids, 1-D tensor or (1, T) tensor) and return it as a list of ints."""
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() == 2 and prompt_ids.shape[0] == 1:
+            prompt_ids = prompt_ids[0]
+        if prompt_ids.dim() != 1:
+            raise ValueError(f"prompt_ids must be one sequence (batch size 1): a 1-D tensor or shape (1, T), "
+                             f"got shape {tuple(prompt_ids.shape)}")
+        if prompt_ids.is_floating_point() or prompt_ids.dtype == torch.bool:
+            raise ValueError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}")
+        ids = prompt_ids.tolist()
+    else:
+        ids = list(prompt_ids)
+        bad = [x for x in ids if isinstance(x, bool) or not isinstance(x, int)]
+        if bad:
+            raise ValueError(f"prompt_ids must be integer token ids, got {bad[0]!r}")
+    if not ids:
+        raise ValueError("prompt_ids is empty: give at least one token id (e.g. the first token of a text)")
+    model.check_tokens(torch.tensor([ids]))   # vocabulary range and max_seq_len, with clear messages
+    return ids
+
+
+def _check_common(model: MTPModel, max_new_tokens: int, eos_id: int | None) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    V = model.config.vocab_size
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < V):
+        raise ValueError(f"eos_id must be None or a token id in [0, {V}), got {eos_id!r}")
+
+
+def _generator(seed: int | None, model: MTPModel) -> torch.Generator | None:
+    """A private RNG for reproducible sampling (None: torch's global RNG)."""
+    if seed is None:
+        return None
+    return torch.Generator(device=model.head.weight.device).manual_seed(seed)
+
+
+def _stop_reason(tokens: list[int], n_new: int, max_new_tokens: int, max_seq_len: int,
+                 eos_id: int | None) -> str | None:
+    """Why generation must stop now, or None. The sequence (prompt + new) may not exceed max_seq_len."""
+    if eos_id is not None and n_new > 0 and tokens[-1] == eos_id:
+        return "eos"
+    if n_new >= max_new_tokens:
+        return "max_new_tokens"
+    if len(tokens) >= max_seq_len:
+        return "max_seq_len"
+    return None
+
+
+@torch.inference_mode()
+def generate(model: MTPModel, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             eos_id: int | None = None) -> GenerationResult:
+    """Autoregressive baseline with a KV cache: one main-model forward per token (batch size 1)."""
+    prompt = _prompt_list(model, prompt_ids)
+    _check_common(model, max_new_tokens, eos_id)
+    params = SamplingParams(temperature, top_k, top_p)
+    gen = _generator(seed, model)
+    device, max_len = model.head.weight.device, model.config.max_seq_len
+    cache = model.new_cache()
+    stats = GenerationStats()
+    tokens, feed = list(prompt), prompt
+    t0 = time.perf_counter()
+    while (stop := _stop_reason(tokens, len(tokens) - len(prompt), max_new_tokens, max_len, eos_id)) is None:
+        logits, _ = model.forward_main(torch.tensor(feed, device=device)[None], cache)  # (1, T, V)
+        tok = params.sample(params.probs(logits[0, -1]), gen)
+        tokens.append(tok)
+        feed = [tok]
+        stats.main_forwards += 1
+    stats.wall_time_s = stats.verify_time_s = time.perf_counter() - t0
+    stats.new_tokens, stats.stop_reason = len(tokens) - len(prompt), stop
+    return GenerationResult(prompt, tokens[len(prompt):], stats)
+
+
+def make_drafter(model: MTPModel, drafter="mtp", fp8_drafter: bool = False, recycle: str | None = None):
+    """A drafter by name ("mtp", "ngram") or a drafter object passed through.
+
+    fp8_drafter: draft with a copy of the model whose MTP modules run in simulated FP8 (mtp_lab.fp8,
+    scope="mtp"); the main model still verifies in full precision, so the output is unchanged.
+    """
+    if not isinstance(drafter, str):
+        if not all(hasattr(drafter, name) for name in ("start", "propose", "commit")):
+            raise ValueError(f"drafter must be 'mtp', 'ngram' or an object with start/propose/commit, "
+                             f"got {drafter!r}")
+        return drafter
+    if drafter == "mtp":
+        draft_model = None
+        if fp8_drafter:
+            from .fp8 import apply_fp8_recipe
+            draft_model = apply_fp8_recipe(model, scope="mtp", inplace=False)
+        return MTPDrafter(model, draft_model=draft_model, recycle=recycle)
+    if fp8_drafter:
+        raise ValueError("fp8_drafter=True needs drafter='mtp' (the n-gram drafter has no weights)")
+    if drafter == "ngram":
+        return NGramDrafter(model.config.vocab_size)
+    raise ValueError(f"unknown drafter {drafter!r}; choose 'mtp' or 'ngram'")
+
+
+def speculative_steps(model: MTPModel, prompt_ids, max_new_tokens: int, num_draft: int = 1,
+                      temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                      seed: int | None = None, drafter="mtp", eos_id: int | None = None,
+                      fp8_drafter: bool = False) -> Iterator[SpeculativeStep]:
+    """The speculative engine as a generator of SpeculativeStep events (one per main-model forward).
+
+    Its return value (StopIteration.value) is the GenerationResult; `speculative_generate` collects it.
+    Inputs are validated here, before the first event.
+    """
+    prompt = _prompt_list(model, prompt_ids)
+    _check_common(model, max_new_tokens, eos_id)
+    if isinstance(num_draft, bool) or not isinstance(num_draft, int) or num_draft < 0:
+        raise ValueError(f"num_draft must be an integer >= 0 (0 = plain decoding), got {num_draft!r}")
+    params = SamplingParams(temperature, top_k, top_p)
+    drafter = make_drafter(model, drafter, fp8_drafter)
+    return _engine(model, prompt, max_new_tokens, num_draft, params, _generator(seed, model), drafter, eos_id)
+
+
+@torch.inference_mode()
+def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, params: SamplingParams,
+            gen: torch.Generator | None, drafter, eos_id: int | None):
+    device, max_len = model.head.weight.device, model.config.max_seq_len
+    cache = model.new_cache()
+    drafter.start(cache)
+    stats = GenerationStats(drafted_per_position=[0] * k, accepted_per_position=[0] * k)
+    tokens, pending = list(prompt), list(prompt)      # pending: committed tokens not yet in the main cache
+    no_draft = torch.zeros(0, model.config.vocab_size, device=device)
+    t_start = time.perf_counter()
+    stop = _stop_reason(tokens, 0, max_new_tokens, max_len, eos_id)
+    index = 0
+    while stop is None:
+        t0 = time.perf_counter()
+        n_new = len(tokens) - len(prompt)
+        budget = min(max_new_tokens - n_new, max_len - len(tokens))   # tokens this step may still emit
+        k_step = min(k, budget - 1) if index > 0 else 0                  # the prefill has nothing to draft from
+        draft = drafter.propose(tokens, k_step, params, gen) if k_step > 0 else None
+        drafts = draft.tokens if draft is not None else []
+        q = draft.probs if drafts else no_draft
+        t1 = time.perf_counter()
+        # ONE verify forward over [t_n, d_1..d_k] (the whole prompt at the prefill)
+        logits, hidden = model.forward_main(torch.tensor(pending + drafts, device=device)[None], cache)
+        t2 = time.perf_counter()
+        target_logits = logits[0, -(len(drafts) + 1):]                   # (k+1, V)
+        p = params.probs(target_logits)
+        n_acc, nxt, u = speculative_accept(drafts, q, p, params, gen)
+        emitted = drafts[:n_acc] + [nxt]
+        if eos_id is not None and eos_id in emitted:
+            emitted = emitted[:emitted.index(eos_id) + 1]
+        position = len(tokens)
+        tokens += emitted
+        # roll back: the main cache keeps every committed token but the last (it is fed next step)
+        for c in cache.main:
+            c.truncate(len(tokens) - 1)
+        drafter.commit(hidden[:, :len(pending) + len(emitted) - 1], len(emitted) - 1)
+        pending = [tokens[-1]]
+
+        stats.main_forwards += 1
+        stats.verify_time_s += t2 - t1
+        stats.draft_time_s += t1 - t0 if draft is not None else 0.0
+        if drafts:
+            stats.steps += 1
+            stats.drafted += len(drafts)
+            stats.accepted += n_acc
+            stats.draft_forwards += draft.forwards
+            for j in range(len(drafts)):
+                stats.drafted_per_position[j] += 1
+                stats.accepted_per_position[j] += j < n_acc
+        stop = _stop_reason(tokens, len(tokens) - len(prompt), max_new_tokens, max_len, eos_id)
+        yield SpeculativeStep(
+            index=index, position=position, draft_tokens=drafts, draft_probs=q,
+            draft_logits=draft.logits if draft is not None else None, target_probs=p,
+            target_logits=target_logits, uniforms=u, accepted=[j < n_acc for j in range(len(drafts))],
+            n_accepted=n_acc, next_token=nxt, is_bonus=bool(drafts) and n_acc == len(drafts),
+            emitted=emitted, draft_time_s=t1 - t0, verify_time_s=t2 - t1,
+            step_time_s=time.perf_counter() - t0, stop_reason=stop)
+        index += 1
+    stats.wall_time_s = time.perf_counter() - t_start
+    stats.new_tokens, stats.stop_reason = len(tokens) - len(prompt), stop
+    return GenerationResult(prompt, tokens[len(prompt):], stats)
+
+
+def speculative_generate(model: MTPModel, prompt_ids, max_new_tokens: int, num_draft: int = 1,
+                         temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                         seed: int | None = None, drafter="mtp", eos_id: int | None = None,
+                         fp8_drafter: bool = False) -> GenerationResult:
+    """Speculative decoding: exactly the main model's output distribution, fewer main-model forwards.
+
+    drafter: "mtp" (chain the MTP modules; for num_draft > D the last module is reused), "ngram"
+    (prompt lookup) or a drafter object (mtp_lab.drafters). Returns .tokens and .stats (acceptance_rate,
+    mean_acceptance_length, per_position, forward counts, wall time, stop_reason).
+    """
+    steps = speculative_steps(model, prompt_ids, max_new_tokens, num_draft, temperature, top_k, top_p,
+                              seed, drafter, eos_id, fp8_drafter)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value

@@ -1,0 +1,185 @@
+"""Drafters for speculative decoding: the model's own MTP modules, and n-gram prompt lookup (no weights).
+
+A drafter proposes up to k tokens after the committed sequence t_0..t_n, each with the distribution q it
+was drawn from; the engine (decoding.py) verifies them with the main model and tells the drafter how many
+positions were kept, so that the drafter can roll back its own state.
+
+Drafter protocol (duck-typed):
+    start(cache)                          a new generation begins; `cache` is the engine's ModelCache
+    propose(tokens, k, params, generator) -> Draft with at most k tokens
+    commit(hidden, n_kept)                the main model's states h_i of the newly kept positions, and how
+                                          many drafts of the last proposal were kept
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .model import ModelCache, MTPModel
+from .sampling import SamplingParams
+
+
+@dataclass
+class Draft:
+    tokens: list[int]                   # d_1..d_k'
+    probs: torch.Tensor                 # (k', V): q_j, the distribution d_j was drawn from
+    logits: torch.Tensor | None         # (k', V): the drafter's raw logits (None for weight-free drafters)
+    forwards: int                       # module forward calls spent on this draft
+
+
+class MTPDrafter:
+    """Drafts by chaining the MTP modules 1..D; for k > D the last module is reused.
+
+    Indexing (0-based, as in model.py; vLLM's convention, positions NOT shifted): module j at position i
+    combines h^{j-1}_i with the token t_{i+j} and predicts t_{i+j+1}. With t_0..t_n committed (t_n sampled
+    but not yet fed to the main model), draft j comes from module j at position n-1, where t_{n-1+j} is
+    t_n for j = 1 and the draft d_{j-1} otherwise. This is exactly the training-time computation.
+
+    Each module keeps its own KV cache (cache.mtp[j-1]) holding only positions whose inputs are all
+    committed tokens; positions built on drafts are truncated after verification and recomputed. Module j
+    also needs h^{j-1} at the positions it has not seen: for j = 1 those are the main model's states of
+    the newly kept positions (given by `commit`), for j > 1 the outputs of module j-1 kept from the last step.
+
+    For drafts j > D, module D runs again one position further on (its cache advances by one per extra
+    draft, as in vLLM and SGLang), fed the previous draft token and the state it output at the previous
+    draft. `recycle` picks that state: "post_norm" = after the module's final norm (shared_head.norm),
+    "pre_norm" = the block output before it; None = the state the config feeds between depths in
+    training (post-norm when config.mtp_input_norm). DeepSeek never trained this reuse, so acceptance
+    falls with the number of reuses.
+
+    `draft_model` (default: the model itself) supplies the MTP modules, embedding and head, e.g. a copy
+    whose MTP blocks run in simulated FP8 while the main model verifies in full precision.
+    """
+
+    name = "mtp"
+
+    def __init__(self, model: MTPModel, draft_model: MTPModel | None = None, recycle: str | None = None):
+        if len(model.mtp) == 0:
+            raise ValueError("the MTP drafter needs a model with MTP modules (config.mtp_depth >= 1); "
+                             "use drafter='ngram' for a model without them")
+        if recycle not in (None, "post_norm", "pre_norm"):
+            raise ValueError(f"recycle must be None, 'post_norm' or 'pre_norm', got {recycle!r}")
+        self.draft_model = draft_model if draft_model is not None else model
+        if len(self.draft_model.mtp) != len(model.mtp):
+            raise ValueError("draft_model must have as many MTP modules as the verifying model")
+        if recycle is None:
+            recycle = "post_norm" if model.config.mtp_input_norm else "pre_norm"
+        self.recycle = recycle
+        self.depth = len(model.mtp)                                              # D
+
+    def start(self, cache: ModelCache) -> None:
+        self.cache = cache
+        self.main_pending: torch.Tensor | None = None   # main states h_i not yet fed to module 1
+        self.kept: list[torch.Tensor | None] = [None] * (self.depth + 1)  # kept[j]: h^{j-1} not yet fed to module j
+        self.outputs: list[torch.Tensor] = []            # outputs[j-1]: module j's states from the last proposal
+        self.n = 0                                       # index n of the last committed token at the last proposal
+        self.modules_used: int | None = None             # modules run per draft (fixed after the first proposal)
+
+    def _module(self, j: int, h_prev: torch.Tensor, tokens: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MTPModel.forward_mtp, also returning the block output before the module's final norm.
+
+        Returns (logits (1, T', V), the state fed to depth j+1 as in training, the state per `recycle`).
+        """
+        m = self.draft_model
+        module = m.mtp[j - 1]
+        h = module(h_prev, m.embed(tokens), self.cache.mtp[j - 1])                # (1, T', C) pre-norm h^j
+        # (23)  P^j = OutHead(shared_head.norm(h^j))
+        logits, h_norm = module.shared_head(h, m.head)
+        chained = h_norm if m.config.mtp_input_norm else h
+        return logits, chained, (h_norm if self.recycle == "post_norm" else h)
+
+    def propose(self, tokens: list[int], k: int, params: SamplingParams,
+                generator: torch.Generator | None = None) -> Draft:
+        if k == 0:
+            return Draft([], torch.empty(0, 0), None, forwards=0)
+        n = len(tokens) - 1
+        used = min(k, self.depth)
+        if self.modules_used is not None and used > self.modules_used:
+            raise RuntimeError("the number of drafts per step may only shrink during one generation")
+        self.modules_used, self.n = used, n
+        device = self.draft_model.head.weight.device
+        seq = list(tokens)                     # committed tokens, then the drafts as they are drawn
+        drafts, probs, logits_out, self.outputs = [], [], [], []
+        h_chain = h_recycled = None
+        for j in range(1, k + 1):
+            if j <= self.depth:
+                start = self.cache.mtp[j - 1].length                               # m_j, first unseen position
+                if j == 1:
+                    h_in = self.main_pending                                       # h_i, i = m_1..n-1
+                else:                                                              # h^{j-1}_i, i = m_j..n-1
+                    h_in = h_chain if self.kept[j] is None else torch.cat([self.kept[j], h_chain], dim=1)
+                # module j at positions i = m_j..n-1 takes t_{i+j}; indices past n are drafts
+                toks = torch.tensor(seq[start + j:n + j], dtype=torch.long, device=device)[None]    # (1, n - m_j)
+                logits, h_chain, h_recycled = self._module(j, h_in, toks)
+                self.outputs.append(h_chain)
+            else:                                                                  # reuse module D, one position on
+                toks = torch.tensor([seq[-1]], device=device)[None]               # (1, 1): d_{j-1}
+                logits, _, h_recycled = self._module(self.depth, h_recycled[:, -1:], toks)
+            q = params.probs(logits[0, -1])                                        # (V,)
+            d = params.sample(q, generator)
+            drafts.append(d)
+            seq.append(d)
+            probs.append(q)
+            logits_out.append(logits[0, -1])
+        self.main_pending = None
+        return Draft(drafts, torch.stack(probs), torch.stack(logits_out), forwards=k)
+
+    def commit(self, hidden: torch.Tensor, n_kept: int) -> None:
+        """hidden (1, T_new, C): the main model's states at the newly kept positions; n_kept drafts kept."""
+        pending = self.main_pending
+        self.main_pending = hidden if pending is None else torch.cat([pending, hidden], dim=1)
+        if not self.outputs:                   # nothing was drafted this step (prefill, or a zero-draft step)
+            return
+        n_new = self.n + n_kept + 1            # index of the step's corrected or bonus token
+        # module j at position i read t_{i+j}, a committed token or a draft; it stays valid iff that
+        # token was kept, i <= n_new - 1 - j. Keep length = number of valid positions (never beyond n).
+        keep = [max(0, min(self.n, n_new - j)) for j in range(1, self.modules_used + 2)]
+        for j in range(1, self.modules_used + 1):
+            self.cache.mtp[j - 1].truncate(keep[j - 1])
+            if j < self.modules_used:
+                # module j+1 will need h^j at positions keep_{j+1}..keep_j - 1: this proposal computed them
+                out = self.outputs[j - 1]                                   # positions m_j..n-1
+                start = self.n - out.shape[1]
+                self.kept[j + 1] = out[:, keep[j] - start:keep[j - 1] - start]
+        self.outputs = []
+
+
+class NGramDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the context's last n-gram, propose what followed.
+
+    Tries n = max_n down to min_n; no weights, no state. Its drafts are deterministic, so q is one-hot and
+    speculative sampling reduces to: accept d with probability p(d), else sample from p with d removed.
+    """
+
+    name = "ngram"
+
+    def __init__(self, vocab_size: int, max_n: int = 3, min_n: int = 1):
+        if not 1 <= min_n <= max_n:
+            raise ValueError(f"n-gram sizes need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
+        self.vocab_size, self.max_n, self.min_n = vocab_size, max_n, min_n
+
+    def start(self, cache: ModelCache) -> None:
+        pass
+
+    def lookup(self, tokens: list[int], k: int) -> list[int]:
+        """Up to k tokens that followed the latest earlier match of the longest matching suffix n-gram."""
+        L = len(tokens)
+        for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
+            suffix = tokens[L - n:]
+            for s in range(L - n - 1, -1, -1):            # latest match first, never the suffix itself
+                if tokens[s:s + n] == suffix:
+                    return tokens[s + n:s + n + k]
+        return []
+
+    def propose(self, tokens: list[int], k: int, params: SamplingParams,
+                generator: torch.Generator | None = None) -> Draft:
+        drafts = self.lookup(tokens, k) if k > 0 else []
+        probs = F.one_hot(torch.tensor(drafts, dtype=torch.long), self.vocab_size).float()  # (k', V)
+        return Draft(drafts, probs, None, forwards=0)
+
+    def commit(self, hidden: torch.Tensor, n_kept: int) -> None:
+        pass

@@ -1,0 +1,76 @@
+"""Logits -> next-token probabilities: temperature, top-k, top-p. One rule, shared by AR and speculative decoding.
+
+Speculative sampling is exact only if the target p and the draft q are shaped by the SAME rule, so both
+engines call `SamplingParams.probs` on every distribution they compare or sample from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def probs_from_logits(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                      top_p: float | None = None) -> torch.Tensor:
+    """(..., V) logits -> (..., V) probabilities, computed in at least float32.
+
+    temperature == 0 (greedy): the one-hot distribution at argmax (first index on ties); top_k/top_p ignored.
+    Otherwise, in this order (as Hugging Face applies them):
+        p = softmax(logits / temperature)
+        top-k: keep the k largest logits (ties with the k-th are kept), the rest get probability 0
+        top-p: keep the smallest set of most likely tokens whose mass reaches top_p (the token that
+               crosses top_p is kept), then renormalise.
+    """
+    V = logits.shape[-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature == 0:
+        return F.one_hot(logits.argmax(-1), V).to(logits.dtype)
+    logits = logits / temperature
+    if top_k is not None and top_k < V:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]                 # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # drop a token when the mass of the tokens ranked above it already reaches top_p
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Validated decoding settings. temperature 0 means greedy (argmax)."""
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"top_k must be None or an integer >= 1, got {k!r}")
+        p = self.top_p
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+            raise ValueError(f"top_p must be None or a number in (0, 1], got {p!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., V) logits -> (..., V) probabilities under these settings."""
+        return probs_from_logits(logits, self.temperature, self.top_k, self.top_p)
+
+    def sample(self, probs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        """One token id from a (V,) distribution. Greedy distributions are one-hot: take the argmax, no draw."""
+        if self.greedy:
+            return int(probs.argmax())
+        return int(torch.multinomial(probs, 1, generator=generator))
