@@ -1,0 +1,139 @@
+"""Checkpoints: round trips, atomic writes, optimizer state, clear errors for bad files, load_pretrained."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import mtp_lab.checkpoint as ckpt
+from mtp_lab import get_preset
+from mtp_lab.checkpoint import (CheckpointError, load_model, load_pretrained, load_train_state, save_model,
+                                save_train_state)
+from mtp_lab.data import DEFAULT_TOKENIZER, atomic_write_bytes, load_tokenizer
+from mtp_lab.model import MTPModel
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = MTPModel(get_preset("tiny"))
+    save_model(tmp_path, model, load_tokenizer(DEFAULT_TOKENIZER), metadata={"note": "test"})
+    return tmp_path, model
+
+
+def test_round_trip_weights_config_tokenizer(saved):
+    path, model = saved
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["note"] == "test" and meta["weights_dtype"] == "float32"
+    assert load_tokenizer(path / "tokenizer.json").get_vocab() == load_tokenizer(DEFAULT_TOKENIZER).get_vocab()
+    assert b"pickle" not in (path / "model.safetensors").read_bytes()[:200]
+
+
+def test_bf16_export_loads_as_rounded_fp32(tmp_path):
+    torch.manual_seed(1)
+    model = MTPModel(get_preset("tiny"))
+    save_model(tmp_path, model, dtype=torch.bfloat16)
+    loaded = load_model(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["weights_dtype"] == "bfloat16"
+    w, w2 = model.head.weight, loaded.head.weight
+    assert w2.dtype == torch.float32 and torch.equal(w2, w.to(torch.bfloat16).float())
+
+
+def test_optimizer_state_round_trip(tmp_path):
+    torch.manual_seed(2)
+    model = MTPModel(get_preset("tiny"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 64, (2, 8))).logits.sum().backward()
+    opt.step()
+    save_train_state(tmp_path, opt, {"step": 7})
+    opt2 = torch.optim.AdamW(model.parameters(), lr=5.0)
+    assert load_train_state(tmp_path, opt2)["step"] == 7
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s2["param_groups"][0]["lr"] == 1e-3
+    for i in s1["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(s1["state"][i][name], s2["state"][i][name])
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "model.safetensors"
+    atomic_write_bytes(target, b"old contents")
+
+    def crash(src, dst):
+        raise OSError("simulated crash before rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        atomic_write_bytes(target, b"new contents that never land")
+    assert target.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp file left behind
+
+
+def test_truncated_weights_name_the_file(saved):
+    path, _ = saved
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*(corrupt|truncated)"):
+        load_model(path)
+
+
+def test_garbage_weights_name_the_file(saved):
+    path, _ = saved
+    (path / "model.safetensors").write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        load_model(path)
+
+
+def test_missing_config_names_the_file(saved):
+    path, _ = saved
+    (path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"config\.json.*missing"):
+        load_model(path)
+
+
+def test_corrupt_config_names_the_file(saved):
+    path, _ = saved
+    (path / "config.json").write_text('{"model": {"d_model": 32')
+    with pytest.raises(CheckpointError, match=r"config\.json.*not valid JSON"):
+        load_model(path)
+    (path / "config.json").write_text('{"model": {"d_model": -3}}')
+    with pytest.raises(CheckpointError, match=r"config\.json.*invalid model config"):
+        load_model(path)
+
+
+def test_shape_mismatch_names_tensor_and_file(saved):
+    path, _ = saved
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["d_model"] = 64                       # weights were written with d_model 32
+    meta["model"]["d_ff"] = 64
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor '[\w.]+' has shape \(\d*,? ?32,?\).*config\.json\) implies \(\d*,? ?64,?\)"):
+        load_model(path)
+
+
+def test_missing_tensors_are_reported(saved):
+    path, _ = saved
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["mtp_depth"] = 3
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"missing \['mtp\.2\."):
+        load_model(path)
+
+
+def test_load_pretrained_missing_asset_says_which_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "PRETRAINED_DIR", tmp_path / "course_model")
+    with pytest.raises(FileNotFoundError, match="mtp-lab train"):
+        load_pretrained()
+    with pytest.raises(FileNotFoundError, match="mtp-lab train --out"):
+        load_pretrained(tmp_path / "elsewhere")
+
+
+def test_load_pretrained_checks_tokenizer(saved):
+    path, _ = saved                                     # tiny preset: vocab 64, tokenizer has 2048
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json.*vocab"):
+        load_pretrained(path)
