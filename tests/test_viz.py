@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from mtp_lab import MTPModel, get_preset
+from mtp_lab.decoding import GenerationStats, SpeculativeStep, speculative_generate, speculative_steps
 from mtp_lab.viz.architecture import architecture_graph, architecture_view
 from mtp_lab.fp8 import fake_quantize
 from mtp_lab.viz.common import Throttle, widgets_available
 from mtp_lab.viz.fp8view import (format_values, fp8_explorer, granularity_errors, layer_scales, linear_layers,
                                  outlier_activations, round_to_format)
+from mtp_lab.viz.race import race, speculative_race
+from mtp_lab.viz.specdec import add_step, draft_table, speculative_dashboard, step_segments
 from mtp_lab.viz.rmsnorm import capture_norms, eps_response, rmsnorm_dashboard, site_summary, vector_stats
 
 
@@ -265,3 +268,88 @@ def test_fp8_explorer_controls(model, tok):
     d.flush()
     assert [r["k"] for r in d.acc] == list(f("acc_promoted").x) == [128, 256]
     assert f("acc_limited").y[1] > f("acc_promoted").y[1] > f("acc_fp32").y[1]
+
+
+# ---------------------------------------------------------------- speculative decoding
+
+def make_step(drafts, n_acc, next_token, emitted=None, V=8):
+    """A SpeculativeStep by hand: q uniform over the drafts' vocabulary, p one-hot-ish."""
+    k = len(drafts)
+    q, p = torch.full((k, V), 1.0 / V), torch.full((k + 1, V), 1.0 / V)
+    emitted = drafts[:n_acc] + [next_token] if emitted is None else emitted
+    return SpeculativeStep(index=1, position=5, draft_tokens=drafts, draft_probs=q, draft_logits=None,
+                           target_probs=p, target_logits=p.log(), uniforms=torch.linspace(0.1, 0.9, k),
+                           accepted=[j < n_acc for j in range(k)], n_accepted=n_acc, next_token=next_token,
+                           is_bonus=bool(drafts) and n_acc == k, emitted=emitted, draft_time_s=0.01,
+                           verify_time_s=0.02, step_time_s=0.03, stop_reason=None)
+
+
+def test_step_segments_marks_every_kind():
+    assert step_segments(make_step([1, 2, 3], 1, 7)) == [(1, "accepted"), (2, "rejected"), (7, "corrected")]
+    assert step_segments(make_step([1, 2], 2, 5)) == [(1, "accepted"), (2, "accepted"), (5, "bonus")]
+    assert step_segments(make_step([], 0, 4)) == [(4, "target")]
+    # EOS (token 2) among the accepted drafts cuts the step: nothing after it is emitted
+    assert step_segments(make_step([1, 2, 3], 3, 6, emitted=[1, 2])) == [(1, "accepted"), (2, "accepted")]
+
+
+def test_running_stats_match_engine(model):
+    prompt = list(b"def f(x):")
+    stats, events = GenerationStats(), []
+    gen = speculative_steps(model, prompt, 24, num_draft=3, temperature=1.0, seed=3)
+    while True:
+        try:
+            events.append(next(gen))
+            add_step(stats, events[-1])
+        except StopIteration as done:
+            result = done.value
+            break
+    final = result.stats
+    for name in ("new_tokens", "main_forwards", "steps", "drafted", "accepted", "drafted_per_position",
+                 "accepted_per_position"):
+        assert getattr(stats, name) == getattr(final, name), name
+    assert stats.mean_acceptance_length == pytest.approx(final.mean_acceptance_length)
+    # every emitted token is accounted for by exactly one kept segment
+    kept = [t for e in events for t, kind in step_segments(e) if kind != "rejected"]
+    assert kept == result.tokens
+    rows = draft_table(next(e for e in events if e.draft_tokens), ByteTokenizer())
+    assert all(r["verdict"] in ("accepted", "rejected", "not examined") for r in rows)
+    assert all(math.isclose(r["ratio"], r["p"] / r["q"]) for r in rows)
+
+
+def test_speculative_dashboard_step_play_reset(model, tok):
+    d = speculative_dashboard(model, tok, prompt="x = ", max_new_tokens=16, interactive=True)
+    d.k.value = 2
+    d.handle(d.step)                                   # prefill: one plain token, nothing drafted
+    d.handle(d.step)
+    d.flush()
+    st = d.state
+    assert st.stats.main_forwards == 2 and len(st.last_rows) == 2
+    assert list(d.fig.data[0].y) == [r["q"] for r in st.last_rows]
+    assert "2 main forwards" in d.status.value and "<span" in d.text.value
+    d.speed.value = 30.0
+    d.play()
+    d._thread.join(20)                                  # plays to the end on its own thread
+    d.flush()
+    assert st.done and st.stop_reason == "max_new_tokens" and st.stats.new_tokens == 16
+    assert len(d.fig.data[2].y) == st.stats.steps and len(d.fig.data[3].y) == 2
+    assert "finished" in d.status.value and d.step() is False
+    d.temperature.value = 0.7                            # any control change starts over
+    assert d.state.stats.main_forwards == 0 and not d.state.done
+    d.drafter.value = "ngram"
+    d.fp8.value = True                                   # n-gram has no weights: explained, not raised
+    assert "fp8_drafter" in d.status.value
+
+
+def test_race_greedy_is_lossless_and_timed(model, tok):
+    ar, spec = race(model, list(b"def "), max_new_tokens=6, num_draft=2)
+    assert ar.tokens == spec.tokens and len(ar.tokens) == 6
+    # one timeline point per main-model forward
+    assert len(ar.times) == 6
+    assert len(spec.times) == speculative_generate(model, list(b"def "), 6, num_draft=2).stats.main_forwards
+    assert spec.counts[-1] == 6 and np.all(np.diff(spec.counts) >= 1)
+    assert np.all(np.diff(ar.times) > 0) and ar.tokens_at(ar.total_s) == 6 and ar.tokens_at(0.0) == 0
+    r = speculative_race(model, tok, max_new_tokens=8, interactive=False)
+    r.run()                                                    # static: no replay thread, final frame at once
+    r.flush()
+    assert [len(t.y) for t in r.fig.data] == [9, len(r.timelines[1].times) + 1]
+    assert "identical outputs" in r.status.value
