@@ -1,14 +1,17 @@
 """The views in a real browser: JupyterLab on loopback, headless Chromium driven by playwright.
 
-Runs a notebook with the RMSNorm dashboard and the architecture view, checks that the plotly figures and
-the widgets rendered, moves the eps slider with the keyboard and checks that the kernel redrew the
-figure. The screenshot goes to artifacts/ (git-ignored).
+Opens the course notebook 02_rmsnorm.ipynb when it shows the RMSNorm dashboard (else a small generated
+notebook with a random model, the RMSNorm dashboard and the speculative-decoding dashboard), runs all
+cells, checks that the plotly figures and the widgets rendered, moves the eps slider with the keyboard
+and checks that the kernel redrew the figure (and, in the small notebook, steps and plays the
+speculative decoder with its buttons). The screenshot goes to artifacts/ (git-ignored).
 
 Skips when Debian's chromium (/usr/bin/chromium) is missing, unless MTP_LAB_REQUIRE_BROWSER=1 (CI).
 """
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -26,6 +29,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
+COURSE_NOTEBOOK = ROOT / "notebooks" / "02_rmsnorm.ipynb"
 # user settings for this server only: no news toast, no autosave (the notebook stays as written)
 LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
@@ -45,7 +49,7 @@ class ByteTokenizer:
 torch.manual_seed(0)
 model, tokenizer = MTPModel(get_preset("tiny", vocab_size=256)).eval(), ByteTokenizer()""",
     'dash = viz.rmsnorm_dashboard(model, tokenizer, prompt="def f(x):\\n    return x")\ndash',
-    "viz.architecture_view(model)",
+    'spec = viz.speculative_dashboard(model, tokenizer, prompt="x = ", max_new_tokens=12)\nspec',
 ]
 
 
@@ -64,11 +68,21 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def lab(tmp_path):
-    """A JupyterLab server on loopback serving tmp_path; yields (base url, token, root dir)."""
+def notebook(tmp_path) -> Path:
+    """The course notebook if it shows the RMSNorm dashboard, else the small generated one."""
+    if COURSE_NOTEBOOK.exists() and "rmsnorm_dashboard(" in COURSE_NOTEBOOK.read_text():
+        return COURSE_NOTEBOOK
+    (tmp_path / "root").mkdir()
+    path = tmp_path / "root" / "viz_smoke.ipynb"
+    write_notebook(path, SMOKE_CELLS)
+    return path
+
+
+@pytest.fixture
+def lab(tmp_path, notebook):
+    """A JupyterLab server on loopback serving the notebook's folder; yields (base url, token)."""
     require_browser()
-    root, settings, runtime = tmp_path / "root", tmp_path / "settings", tmp_path / "runtime"
-    root.mkdir()
+    root, settings, runtime = notebook.parent, tmp_path / "settings", tmp_path / "runtime"
     for name, value in LAB_SETTINGS.items():
         path = settings / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +106,7 @@ def lab(tmp_path):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
                 time.sleep(0.3)
-        yield url, token, root
+        yield url, token
     finally:
         try:  # shuts the kernels down too
             urllib.request.urlopen(urllib.request.Request(f"{url}/api/shutdown?token={token}", method="POST"),
@@ -113,50 +127,68 @@ def write_notebook(path: Path, cells: list[str]) -> None:
     nbformat.write(nb, path)
 
 
-KNEE_X = """() => {  // x of the dashed r = sqrt(eps) line in the RMSNorm figure (the first plotly figure)
-    const gd = document.querySelectorAll('.js-plotly-plot')[0];
-    const tr = gd && gd.data ? gd.data.find(t => t.name === 'r = sqrt(eps)') : null;
-    return tr && tr.x ? Array.from(tr.x) : null;
+KNEE_X = """() => {  // x of the dashed r = sqrt(eps) line of the RMSNorm figure, null until drawn
+    for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+        const tr = gd.data ? gd.data.find(t => t.name === 'r = sqrt(eps)') : null;
+        if (tr && tr.x && tr.x.length) return Array.from(tr.x);
+    }
+    return null;
 }"""
 
 
-def test_dashboards_render_and_respond_in_jupyterlab(lab):
+def test_dashboards_render_and_respond_in_jupyterlab(lab, notebook):
     from playwright.sync_api import expect, sync_playwright
 
-    url, token, root = lab
-    write_notebook(root / "viz_smoke.ipynb", SMOKE_CELLS)
+    url, token = lab
+    smoke = notebook.name == "viz_smoke.ipynb"
+    n_code = sum(c.cell_type == "code" for c in nbformat.read(notebook, as_version=4).cells)
     expect.set_options(timeout=60_000)         # a cold kernel imports torch and plotly first
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(45_000)
-            page.goto(f"{url}/lab/tree/viz_smoke.ipynb?token={token}&reset")
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/lab/tree/{notebook.name}?token={token}&reset")
             page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputArea")
             expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle")
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
             prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
-            for i in range(len(SMOKE_CELLS)):
-                expect(prompts.nth(i)).to_have_text("[" + str(i + 1) + "]:")
-            # both figures drawn by plotly.js, the widgets by the ipywidgets manager
-            expect(page.locator(".js-plotly-plot")).to_have_count(2)
-            expect(page.locator(".js-plotly-plot .main-svg").first).to_be_visible()
-            assert page.locator(".widget-slider").count() >= 3         # eps + batch + length
-            expect(page.locator(".widget-dropdown select").first).to_be_visible()
-            status = page.locator(".widget-html-content", has_text="knee at").first
+            for i in range(n_code):
+                expect(prompts.nth(i)).to_have_text(re.compile(r"\[\d+\]:"))
+            # the RMSNorm dashboard: figure drawn by plotly.js, controls by the ipywidgets manager
+            dash = page.locator(".jp-OutputArea-output", has=page.locator(".widget-html-content", has_text="knee at"))
+            expect(dash.locator(".js-plotly-plot .main-svg").first).to_be_visible()
+            expect(dash.locator(".widget-dropdown select")).to_be_visible()
+            expect(dash.locator("textarea")).to_be_visible()
+            status = dash.locator(".widget-html-content", has_text="knee at")
             expect(status).to_contain_text("eps = 1.0e-06")
-            page.wait_for_function(f"({KNEE_X})() !== null")
+            page.wait_for_function(f"({KNEE_X})() !== null", polling=250)
             assert page.evaluate(KNEE_X) == pytest.approx([1e-3, 1e-3])
-            assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
             # move the eps slider one step (10^0.25) with the keyboard: the kernel recomputes and redraws
-            page.locator(".widget-slider .noUi-handle").first.focus()
+            dash.locator(".widget-slider .noUi-handle").first.focus()
             page.keyboard.press("ArrowRight")
             expect(status).to_contain_text("eps = 1.8e-06")
-            page.wait_for_function(f"({KNEE_X})()[0] > 1.2e-3")
+            page.wait_for_function(f"({KNEE_X})()[0] > 1.2e-3", polling=250)
             assert page.evaluate(KNEE_X)[0] == pytest.approx(10 ** (-5.75 / 2), rel=1e-6)
-            page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+            if smoke:
+                stderr = "application/vnd.jupyter.stderr"
+                assert not page.locator(f".jp-OutputArea-output[data-mime-type='{stderr}']").count()
+                # the speculative dashboard: its buttons run kernel handlers that redraw text, table, figure
+                spec = page.locator(".jp-OutputArea-output", has=page.get_by_role("button", name="step"))
+                spec.get_by_role("button", name="step").click()
+                spec.get_by_role("button", name="step").click()
+                spec_status = spec.locator(".widget-html-content", has_text="main forwards")
+                expect(spec_status).to_contain_text("2 main forwards")
+                expect(spec.locator("span[title='accepted'], span[title='corrected']").first).to_be_visible()
+                spec.get_by_role("button", name="play").click()
+                expect(spec_status).to_contain_text("finished")
+                expect(spec.locator(".js-plotly-plot .main-svg").first).to_be_visible()
+            dash.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "viz_browser.png"))
+            if smoke:
+                spec.scroll_into_view_if_needed()
+                page.screenshot(path=str(ARTIFACTS / "viz_browser_speculative.png"))
         finally:
             browser.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from ..config import ModelConfig
-from .common import Dashboard
+from .common import FIG_WIDTH, Dashboard
 
 COLORS = {"shared": "#8fd694", "main": "#9ecae1", "norm": "#fdd49e", "mtp": "#d4b9da", "io": "#e0e0e0"}
 
@@ -129,6 +129,7 @@ def architecture_figure(nodes: list[Node], edges: list[tuple[str, str]], title: 
                    showarrow=False, font=dict(size=11)) for n in nodes]
     top = max(n.y for n in nodes)
     fig.update_layout(annotations=arrows + labels, title=title, height=110 + 70 * (top + 1), hovermode="closest",
+                      width=FIG_WIDTH,
                       xaxis=dict(visible=False, range=[-1.1, max(n.x for n in nodes) + 1.1]),
                       yaxis=dict(visible=False, range=[-0.6, top + 0.6]), plot_bgcolor="white",
                       margin=dict(l=10, r=10, t=40, b=10))

@@ -12,7 +12,7 @@ import torch.nn as nn
 from plotly.subplots import make_subplots
 
 from ..fp8 import FORMATS, accumulation_error_vs_k, dequantize, quant_stats, quantize
-from .common import Dashboard, prompt_tokens
+from .common import FIG_WIDTH, Dashboard, prompt_tokens
 
 GRANULARITY_LABELS = {"tensor": "per tensor", "tile": "1x128 tile", "block": "128x128 block"}
 DEFAULT_KS = (128, 256, 512, 1024, 2048, 4096)
@@ -147,7 +147,8 @@ class FP8Explorer(Dashboard):
             hovertemplate="%{text}<extra></extra>")
         for fmt in FORMATS:
             add(f"gran_{fmt}", 1, 3, "bar", name=f"{fmt.upper()} error", hovertemplate="%{y:.3g}<extra></extra>")
-        for key, axis, hover in (("w_scale", "xaxis3", "block row %{y}, col %{x}"), ("a_scale", "xaxis4", "token %{y}, tile %{x}")):
+        for key, axis, hover in (("w_scale", "xaxis3", "block row %{y}, col %{x}"),
+                                 ("a_scale", "xaxis4", "token %{y}, tile %{x}")):
             bar = dict(len=0.38, y=0.19, x=fig.layout[axis].domain[1] + 0.005, thickness=10)  # right of its panel
             add(key, 2, 1 if key == "w_scale" else 2, "heatmap", colorscale="Viridis", colorbar=bar,
                 hovertemplate=hover + "<br>scale %{z:.3g}<extra></extra>")
@@ -164,7 +165,7 @@ class FP8Explorer(Dashboard):
         fig.update_yaxes(title_text="token", autorange="reversed", row=2, col=2)
         fig.update_xaxes(type="log", title_text="K", row=2, col=3)
         fig.update_yaxes(type="log", title_text="rel. error", row=2, col=3)
-        fig.update_layout(height=760, barmode="group", margin=dict(t=60, l=60, r=20, b=40),
+        fig.update_layout(width=FIG_WIDTH, height=760, barmode="group", margin=dict(t=60, l=60, r=20, b=40),
                           legend=dict(font=dict(size=10), orientation="h", y=-0.1, x=0))
         return fig
 
@@ -191,7 +192,8 @@ class FP8Explorer(Dashboard):
         data = self.fig.data
         with self.fig.batch_update():
             for i, fmt in enumerate(FORMATS):
-                data[t[f"line_{fmt}"]].x, data[t[f"line_{fmt}"]].y = self.numbers[fmt], np.full(len(self.numbers[fmt]), i)
+                line = data[t[f"line_{fmt}"]]
+                line.x, line.y = self.numbers[fmt], np.full(len(self.numbers[fmt]), i)
             data[t["x"]].x, data[t["x"]].y = [x, x], [-0.5, 1.5]
             shown = [(v, i, f) for i, (f, v) in enumerate(self.rounded.items()) if v > 0]
             data[t["x_rounded"]].x = [v for v, _, _ in shown]

@@ -16,7 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..decoding import speculative_steps
-from .common import Dashboard, encode
+from .common import FIG_WIDTH, Dashboard, encode
 
 
 @dataclass
@@ -86,7 +86,7 @@ class SpeculativeRace(Dashboard):
         fig = go.Figure()
         for name, color in (("autoregressive", "#de2d26"), ("speculative", "#31a354")):
             fig.add_scatter(name=name, mode="lines", line=dict(color=color, width=3, shape="hv"))
-        fig.update_layout(height=300, xaxis_title="seconds", yaxis_title="tokens generated",
+        fig.update_layout(width=FIG_WIDTH, height=300, xaxis_title="seconds", yaxis_title="tokens generated",
                           margin=dict(t=30, l=50, r=20, b=40), legend=dict(orientation="h", y=1.12))
         self.fig = self.new_figure(fig)
         self.go_button.on_click(lambda _: self.handle(self.run))

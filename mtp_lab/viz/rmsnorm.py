@@ -15,7 +15,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..layers import RMSNorm
-from .common import Dashboard, escape, prompt_tokens, token_texts
+from .common import FIG_WIDTH, Dashboard, escape, prompt_tokens, token_texts
 
 
 @dataclass
@@ -189,7 +189,7 @@ class RMSNormDashboard(Dashboard):
         fig.update_xaxes(title_text="position", row=2, col=1)
         fig.update_xaxes(title_text="log10 |value|", row=2, col=2)
         fig.update_xaxes(title_text="channel j", row=2, col=3)
-        fig.update_layout(height=780, barmode="overlay", margin=dict(t=60, l=50, r=20, b=40),
+        fig.update_layout(width=FIG_WIDTH, height=780, barmode="overlay", margin=dict(t=60, l=50, r=20, b=40),
                           legend=dict(font=dict(size=10), orientation="h", y=-0.12, x=0))
         return fig
 

@@ -17,7 +17,7 @@ import numpy as np
 from plotly.subplots import make_subplots
 
 from ..decoding import GenerationStats, speculative_steps
-from .common import Dashboard, encode, escape
+from .common import FIG_WIDTH, Dashboard, encode, escape
 
 KIND_STYLE = {  # how each kind of token is marked in the text
     "prompt": "color:#666",
@@ -109,7 +109,8 @@ class SpeculativeDashboard(Dashboard):
         self.drafter = w.Dropdown(options=[("MTP modules", "mtp"), ("n-gram lookup", "ngram")], value="mtp",
                                   description="drafter")
         self.fp8 = w.Checkbox(value=False, description="FP8 drafter")
-        self.max_new = w.IntSlider(value=max_new_tokens, min=8, max=model.config.max_seq_len, description="max tokens", **cs)
+        self.max_new = w.IntSlider(value=max_new_tokens, min=8, max=model.config.max_seq_len,
+                                   description="max tokens", **cs)
         self.speed = w.FloatLogSlider(value=4.0, base=10, min=-0.5, max=1.5, step=0.05, description="steps/s",
                                       readout_format=".2g", style={"description_width": "initial"})
         self.play_button = w.Button(description="play", icon="play", button_style="success")
@@ -139,9 +140,9 @@ class SpeculativeDashboard(Dashboard):
         self.redraw.request()
 
     def _layout(self):
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("This step: draft q(d_j) vs target p(d_j)",
-                                                            "Running tau (tokens per main forward)",
-                                                            "Acceptance rate per draft position"))
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("This step: q(d_j) vs p(d_j)",
+                                                            "Running tau (tokens per forward)",
+                                                            "Acceptance per draft position"))
         fig.add_bar(name="q_j(d_j) drafter", row=1, col=1, marker_color="#9e9ac8")
         fig.add_bar(name="p_j(d_j) target", row=1, col=1, marker_color="#3182bd")
         fig.add_scatter(name="tau = 1 + accepted/steps", mode="lines+markers", row=1, col=2)
@@ -150,7 +151,7 @@ class SpeculativeDashboard(Dashboard):
         fig.update_yaxes(range=[0, 1.05], row=1, col=3)
         fig.update_xaxes(title_text="drafting step", row=1, col=2)
         fig.update_xaxes(title_text="draft position j", dtick=1, row=1, col=3)
-        fig.update_layout(height=340, barmode="group", margin=dict(t=50, l=40, r=20, b=40),
+        fig.update_layout(width=FIG_WIDTH, height=340, barmode="group", margin=dict(t=50, l=40, r=20, b=40),
                           legend=dict(orientation="h", y=-0.2, x=0, font=dict(size=10)))
         return fig
 
