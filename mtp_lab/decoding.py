@@ -119,19 +119,24 @@ def speculative_accept(draft: Sequence[int], q: torch.Tensor, p: torch.Tensor, p
 
     accept d_i   iff  u_i < p_i(d_i) / q_i(d_i),   u_i ~ U[0, 1)   (written u_i q_i(d_i) < p_i(d_i))
     first reject at i:  next ~ norm(max(0, p_i - q_i));   all accepted:  next ~ p_{k+1}   (bonus)
-    Greedy: p and q are one-hot, the ratio is 0 or 1, and u = 0 decides without a draw.
+    Greedy: p and q are one-hot, the ratio is 0 or 1: d_i passes iff it is the argmax of p_i; no draw (u = 0).
     """
     k = len(draft)
+    if params.greedy:
+        # the same rule with one-hot p and q: d_i passes iff it is the argmax of p_i; residual and bonus are argmaxes
+        target = p.argmax(-1).tolist()                                             # (k+1,)
+        n_acc = 0
+        while n_acc < k and draft[n_acc] == target[n_acc]:
+            n_acc += 1
+        return n_acc, target[n_acc], torch.zeros(k, dtype=p.dtype, device=p.device)
+    u = torch.rand(k, generator=generator, dtype=p.dtype, device=p.device)
+    n_acc = 0
     if k:
         idx = torch.arange(k, device=p.device)
         d = torch.tensor(draft, device=p.device)
         q = q.to(p)
-        u = (torch.zeros(k, dtype=p.dtype, device=p.device) if params.greedy
-             else torch.rand(k, generator=generator, dtype=p.dtype, device=p.device))
         ok = u * q[idx, d] < p[idx, d]                                             # (k,)
         n_acc = int(ok.long().cumprod(0).sum())
-    else:
-        u, n_acc = torch.zeros(0, dtype=p.dtype, device=p.device), 0
     if n_acc < k:
         residual = (p[n_acc] - q[n_acc]).clamp_min(0)                              # max(0, p - q)
         mass = residual.sum()
