@@ -80,15 +80,17 @@ class MTPDrafter:
 
     def _module(self, j: int, h_prev: torch.Tensor, tokens: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """MTPModel.forward_mtp, also returning the block output before the module's final norm.
+        """MTPModel.forward_mtp, with logits for the LAST position only and both states of every position.
 
-        Returns (logits (1, T', V), the state fed to depth j+1 as in training, the state per `recycle`).
+        Returns (logits (V,) predicting the next draft, the state fed to depth j+1 as in training (1, T', C),
+        the state per `recycle` (1, T', C)).
         """
         m = self.draft_model
         module = m.mtp[j - 1]
         h = module(h_prev, m.embed(tokens), self.cache.mtp[j - 1])                # (1, T', C) pre-norm h^j
-        # (23)  P^j = OutHead(shared_head.norm(h^j))
-        logits, h_norm = module.shared_head(h, m.head)
+        h_norm = module.shared_head.norm(h)                                        # (1, T', C)
+        # (23)  P^j = OutHead(shared_head.norm(h^j)), the shared head, at the last position only
+        logits = m.head(h_norm[0, -1])                                             # (V,)
         chained = h_norm if m.config.mtp_input_norm else h
         return logits, chained, (h_norm if self.recycle == "post_norm" else h)
 
@@ -119,12 +121,12 @@ class MTPDrafter:
             else:                                                                  # reuse module D, one position on
                 toks = torch.tensor([seq[-1]], device=device)[None]               # (1, 1): d_{j-1}
                 logits, _, h_recycled = self._module(self.depth, h_recycled[:, -1:], toks)
-            q = params.probs(logits[0, -1])                                        # (V,)
+            q = params.probs(logits)                                               # (V,)
             d = params.sample(q, generator)
             drafts.append(d)
             seq.append(d)
             probs.append(q)
-            logits_out.append(logits[0, -1])
+            logits_out.append(logits)
         self.main_pending = None
         return Draft(drafts, torch.stack(probs), torch.stack(logits_out), forwards=k)
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mtp_lab import (GenerationResult, ModelConfig, MTPDrafter, MTPModel, NGramDrafter, generate, mtp_loss,
-                     speculative_generate, speculative_steps)
+from mtp_lab import (GenerationResult, ModelConfig, MTPDrafter, MTPModel, NGramDrafter, SamplingParams, generate,
+                     mtp_loss, speculative_generate, speculative_steps)
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +108,19 @@ def test_pre_norm_recycling_is_still_lossless(trained):
         assert speculative_generate(trained, prompt, 20, num_draft=4, drafter=drafter).tokens == ref.tokens
 
 
+def test_fp8_drafter_is_lossless_and_drafts_almost_as_well(trained):
+    rates = {True: [], False: []}
+    for prompt in prompts(6):
+        ref = generate(trained, prompt, 20)
+        for fp8 in (True, False):
+            out = speculative_generate(trained, prompt, 20, num_draft=2, fp8_drafter=fp8)
+            assert out.tokens == ref.tokens
+            rates[fp8].append(out.stats.acceptance_rate)
+    assert abs(sum(rates[True]) - sum(rates[False])) / len(rates[True]) < 0.15
+    with pytest.raises(ValueError, match="drafter='mtp'"):
+        speculative_generate(trained, [1, 2], 5, drafter="ngram", fp8_drafter=True)
+
+
 # ---------------------------------------------------------------- caches after rollback
 
 def fresh_caches(model, tokens, lengths):
@@ -146,6 +159,25 @@ def test_caches_after_rollback_equal_fresh_forward(trained, k, temperature):
         rejected += ev.n_accepted < len(ev.draft_tokens)
         partial += 0 < ev.n_accepted < len(ev.draft_tokens)
     assert rejected > 0 and (partial > 0 or k == 1)   # some steps rolled back (a part of) the block
+
+
+def test_mtp_draft_distributions_equal_a_full_forward(trained):
+    """q_j (j <= D) equals the full-sequence forward over the committed tokens and the earlier drafts: module j
+    at position n-1 predicts t_{n+j}. Checked at every step, after every kind of rollback."""
+    params = SamplingParams(temperature=1.0)
+    tokens = [6, 9, 12, 2]
+    checked = 0
+    for ev in speculative_steps(trained, tokens, 40, num_draft=3, temperature=1.0, seed=5):
+        if ev.draft_tokens:
+            n = len(tokens) - 1
+            out = trained(torch.tensor(tokens + ev.draft_tokens)[None])
+            for j in range(1, min(len(ev.draft_tokens), trained.config.mtp_depth) + 1):
+                ref = out.mtp_logits[j - 1][0, n - 1]
+                torch.testing.assert_close(ev.draft_logits[j - 1], ref)
+                torch.testing.assert_close(ev.draft_probs[j - 1], params.probs(ref))
+                checked += 1
+        tokens += ev.emitted
+    assert checked > 20
 
 
 # ---------------------------------------------------------------- events and metrics
