@@ -250,12 +250,16 @@ def _run(args) -> int:
                                              args.recipe)
         else:
             results[part] = acceptance_comparison(args.checkpoint, args.prompts, new_tokens=args.new_tokens)
-    print(_markdown(results))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), **results}, f, indent=1)
-        os.replace(tmp, path)
+        print(_markdown({part: results[part]}), flush=True)
+        if args.json:                     # after every part, so a long run keeps what it measured
+            _write_json(Path(args.json), {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                          "args": vars(args) | {"func": None}, **results})
     return 0
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
