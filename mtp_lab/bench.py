@@ -1,0 +1,242 @@
+"""`mtp-lab bench`: autoregressive vs speculative decoding on held-out prompts, batch size 1.
+
+For AR and each drafter x k: tau (mean acceptance length), per-position acceptance, tokens/s and the speedup
+over AR measured in the same run. Configurations are interleaved prompt by prompt, so that machine load hits
+all of them alike. Greedy runs also check that every speculative output equals the AR output.
+
+Profile: the time of a speculative run splits into draft (drafter.propose), verify (main-model forwards, the
+prefill included) and overhead (acceptance, rollback, bookkeeping). Per main-model forward F:
+    speedup = (tokens / F) * a / (draft + verify + overhead)        a = AR seconds per token
+so speedup / (tokens per F) is the share of the ideal that survives, and draft/a, verify/a, overhead/a say
+where the rest goes. tau (vLLM) = 1 + accepted / drafting steps; tokens / F also counts the prefill.
+
+Drafters: mtp (MTP modules chained, for k > D the last one reused with the post-norm state), mtp-pre (the same,
+recycling the pre-norm state: differs only for k > D), mtp-fp8 (MTP modules in simulated FP8, main model in
+full precision), ngram (prompt lookup).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .decoding import GenerationStats, generate, speculative_generate
+from .drafters import MTPDrafter, NGramDrafter
+
+DRAFTERS = ("mtp", "mtp-pre", "mtp-fp8", "ngram")
+
+
+def build_drafters(model, names) -> dict:
+    """Drafter objects, built once (the FP8 copy is converted once) and reused for every prompt."""
+    out = {}
+    for name in names:
+        if name == "mtp":
+            out[name] = MTPDrafter(model, recycle="post_norm")
+        elif name == "mtp-pre":
+            out[name] = MTPDrafter(model, recycle="pre_norm")
+        elif name == "mtp-fp8":
+            from .fp8_linear import apply_fp8_recipe
+            out[name] = MTPDrafter(model, draft_model=apply_fp8_recipe(model, scope="mtp", inplace=False))
+        elif name == "ngram":
+            out[name] = NGramDrafter(model.config.vocab_size)
+        else:
+            raise ValueError(f"unknown drafter {name!r}; choose from {DRAFTERS}")
+    return out
+
+
+def heldout_prompts(checkpoint: str | None, n: int, prompt_len: int):
+    """(model, prompts, description): the shipped (or given) checkpoint and n windows of its TEST split."""
+    from .checkpoint import load_pretrained
+    from .data import build_corpus
+    model, tok = load_pretrained(checkpoint)
+    test = build_corpus(tok).splits["test"]
+    starts = torch.linspace(0, len(test) - prompt_len - 1, n).long().tolist()
+    prompts = [[int(t) for t in test[s:s + prompt_len]] for s in starts]
+    return model, prompts, f"checkpoint {checkpoint or 'shipped course model'}, test split"
+
+
+def random_setup(preset: str, n: int, prompt_len: int, seed: int = 0):
+    """(model, prompts, description): random weights and random prompts, to try the command without a checkpoint."""
+    from .config import get_preset
+    from .model import MTPModel
+    torch.manual_seed(seed)
+    model = MTPModel(get_preset(preset)).eval()
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(0, model.config.vocab_size, (n, prompt_len), generator=g).tolist()
+    return model, prompts, f"RANDOM weights, preset {preset}, random prompts"
+
+
+def merge(stats: list[GenerationStats]) -> GenerationStats:
+    """Counters summed over generations (per-position lists element-wise)."""
+    total = GenerationStats()
+    for s in stats:
+        for name in ("new_tokens", "main_forwards", "draft_forwards", "steps", "drafted", "accepted",
+                     "wall_time_s", "draft_time_s", "verify_time_s"):
+            setattr(total, name, getattr(total, name) + getattr(s, name))
+        for name in ("drafted_per_position", "accepted_per_position"):
+            a, b = getattr(total, name), getattr(s, name)
+            setattr(total, name, [x + y for x, y in zip(a, b)] if a else list(b))
+    return total
+
+
+def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: float = 0.0,
+              seed: int = 0) -> list[dict]:
+    """One row per configuration: AR first, then every drafter x k (mtp-pre only where k > D)."""
+    D = model.config.mtp_depth
+    configs = [("ar", 0)] + [(name, k) for name in drafters for k in ks if name != "mtp-pre" or k > D]
+
+    def run(name, k, prompt, n_new):
+        if name == "ar":
+            return generate(model, prompt, n_new, temperature=temperature, seed=seed)
+        return speculative_generate(model, prompt, n_new, num_draft=k, temperature=temperature, seed=seed,
+                                    drafter=drafters[name])
+
+    for name, k in configs:                                   # warm-up, untimed
+        run(name, k, prompts[0], min(8, new_tokens))
+    stats = {c: [] for c in configs}
+    identical = {c: 0 for c in configs}
+    for prompt in prompts:
+        ref = None
+        for name, k in configs:
+            out = run(name, k, prompt, new_tokens)
+            if ref is None:                                   # the AR output, first in every round
+                ref = out
+            stats[(name, k)].append(out.stats)
+            identical[(name, k)] += out.tokens == ref.tokens
+    ar = merge(stats[("ar", 0)])
+    a = ar.wall_time_s / ar.main_forwards                     # AR seconds per token (one forward each)
+    rows = []
+    for name, k in configs:
+        s = merge(stats[(name, k)])
+        F = s.main_forwards
+        overhead = s.wall_time_s - s.draft_time_s - s.verify_time_s
+        tps = s.tokens_per_second
+        rows.append({
+            "drafter": name, "k": k, "prompts": len(prompts), "new_tokens": s.new_tokens,
+            "tokens_per_s": tps, "speedup": tps / ar.tokens_per_second,
+            "tau": s.mean_acceptance_length if k else 1.0, "acceptance_rate": s.acceptance_rate if k else None,
+            "per_position": s.per_position, "tokens_per_main_forward": s.tokens_per_main_forward,
+            "main_forwards": F, "draft_forwards": s.draft_forwards, "drafting_steps": s.steps,
+            "identical_to_ar": identical[(name, k)] if temperature == 0 else None,
+            "ms_per_main_forward": {"draft": 1e3 * s.draft_time_s / F, "verify": 1e3 * s.verify_time_s / F,
+                                    "overhead": 1e3 * overhead / F, "ar_token": 1e3 * a},
+            "ms_per_draft_forward": 1e3 * s.draft_time_s / s.draft_forwards if s.draft_forwards else None,
+        })
+        r = rows[-1]
+        r["speedup_over_tau"] = r["speedup"] / r["tau"]
+        r["speedup_over_tokens_per_forward"] = r["speedup"] / r["tokens_per_main_forward"]
+    return rows
+
+
+def op_profile(model, prompt, new_tokens: int, k: int, drafter, top: int = 15) -> dict:
+    """torch.profiler over one AR and one speculative generation: aten ops per generated token, top ops."""
+    from torch.profiler import ProfilerActivity, profile
+    out = {}
+    for label, fn in (("ar", lambda: generate(model, prompt, new_tokens)),
+                      (f"spec_k{k}", lambda: speculative_generate(model, prompt, new_tokens, num_draft=k,
+                                                                  drafter=drafter))):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            result = fn()
+        events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        calls = sum(e.count for e in events)
+        out[label] = {
+            "aten_calls_per_token": calls / len(result.tokens),
+            "main_forwards": result.stats.main_forwards,
+            "top_ops": [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}
+                        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]],
+        }
+    return out
+
+
+def _fmt(x, spec: str, width: int = 5) -> str:
+    return f"{'-':>{width}}" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _json_safe(x):
+    """NaN (a rate with nothing to count) -> None, so that the file is strict JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def format_table(rows: list[dict]) -> str:
+    kmax = max(r["k"] for r in rows)
+    head = (f"{'drafter':8} {'k':>2} {'tau':>5} {'acc':>5} " + " ".join(f"{'p' + str(j + 1):>5}" for j in range(kmax))
+            + f" {'tok/F':>5} {'tok/s':>7} {'speedup':>7} {'sp/tau':>6} {'draft':>6} {'verify':>6} {'ovh':>5}  same")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        pos = [r["per_position"][j] if j < len(r["per_position"]) else None for j in range(kmax)]
+        ms = r["ms_per_main_forward"]
+        lines.append(
+            f"{r['drafter']:8} {r['k']:>2} {_fmt(r['tau'], '5.2f')} {_fmt(r['acceptance_rate'], '5.2f')} "
+            + " ".join(_fmt(p, "5.2f") for p in pos)
+            + f" {r['tokens_per_main_forward']:5.2f} {r['tokens_per_s']:7.1f} {r['speedup']:6.2f}x"
+            + f" {r['speedup_over_tau']:6.2f} {ms['draft']:6.2f} {ms['verify']:6.2f} {ms['overhead']:5.2f}"
+            + f"  {_fmt(r['identical_to_ar'], 'd', 1)}/{r['prompts']}")
+    lines.append("tau = 1 + accepted/drafting steps; pj = acceptance at draft position j; tok/F = tokens per "
+                 "main forward; draft/verify/ovh = ms per main forward (AR: ms per token = "
+                 f"{rows[0]['ms_per_main_forward']['ar_token']:.2f}); same = outputs identical to AR")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="AR vs speculative decoding (MTP, n-gram drafters): tau, per-position "
+                                            "acceptance, tokens/s, speedup, profile")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped course model)")
+    p.add_argument("--random", metavar="PRESET", default=None,
+                   help="use random weights of this preset and random prompts instead of a checkpoint")
+    p.add_argument("--prompts", type=int, default=16, help="held-out prompts (windows of the test split)")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt length in tokens")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4], help="draft lengths to run")
+    p.add_argument("--drafters", nargs="+", default=list(DRAFTERS), choices=DRAFTERS)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
+    p.add_argument("--json", default="bench_speculative.json", help="where to write the results")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, *args.k) <= 0:
+        raise ValueError("--prompts, --prompt-len, --new-tokens, --threads and every --k must be > 0")
+    torch.set_num_threads(args.threads)
+    if args.random is not None:
+        model, prompts, source = random_setup(args.random, args.prompts, args.prompt_len, args.seed)
+    else:
+        model, prompts, source = heldout_prompts(args.checkpoint, args.prompts, args.prompt_len)
+    if args.prompt_len + args.new_tokens > model.config.max_seq_len:
+        raise ValueError(f"--prompt-len + --new-tokens = {args.prompt_len + args.new_tokens} exceeds the model's "
+                         f"max_seq_len {model.config.max_seq_len}; lower one of them")
+    drafters = build_drafters(model, args.drafters)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        rows = run_bench(model, prompts, args.new_tokens, args.k, drafters, args.temperature, args.seed)
+    result = {"source": source, "config": model.config.to_dict(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "batch_size": 1, "temperature": args.temperature,
+              "prompts": args.prompts, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+              "seconds": time.perf_counter() - t0, "rows": rows}
+    print(f"{source}; {args.prompts} prompts x {args.new_tokens} new tokens, batch 1, "
+          f"temperature {args.temperature}, {torch.get_num_threads()} threads")
+    print(format_table(rows))
+    if args.profile:
+        best = max(rows[1:], key=lambda r: r["speedup"])
+        result["profile"] = op_profile(model, prompts[0], args.new_tokens, best["k"], drafters[best["drafter"]])
+        for label, prof in result["profile"].items():
+            print(f"\n{label}: {prof['aten_calls_per_token']:.0f} aten calls per token, "
+                  f"{prof['main_forwards']} main forwards")
+            for op in prof["top_ops"][:8]:
+                print(f"  {op['op']:40} {op['calls']:6d} calls {op['self_cpu_ms']:8.1f} ms")
+    from .data import atomic_write_bytes
+    atomic_write_bytes(Path(args.json), json.dumps(_json_safe(result), indent=1, allow_nan=False).encode())
+    print(f"wrote {args.json}")
+    return 0
