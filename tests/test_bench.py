@@ -1,0 +1,57 @@
+"""`mtp-lab bench` runs end to end (random tiny model) and writes a strict-JSON table consistent with itself."""
+
+import json
+
+import pytest
+import torch
+
+from mtp_lab.bench import merge
+from mtp_lab.cli import main
+from mtp_lab.decoding import GenerationStats
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_bench_command_writes_a_consistent_table(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--random", "tiny", "--prompts", "2", "--prompt-len", "12", "--new-tokens", "10",
+               "--k", "1", "3", "--drafters", "mtp", "mtp-pre", "ngram", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    assert "speedup" in capsys.readouterr().out
+    result = json.loads(out.read_text())          # strict JSON: NaN would not parse back as a number here
+    rows = {(r["drafter"], r["k"]): r for r in result["rows"]}
+    # tiny has D = 2: pre-norm recycling only differs (and only runs) for k > D
+    assert set(rows) == {("ar", 0), ("mtp", 1), ("mtp", 3), ("mtp-pre", 3), ("ngram", 1), ("ngram", 3)}
+    assert rows[("ar", 0)]["speedup"] == pytest.approx(1.0)
+    for r in result["rows"]:
+        assert r["new_tokens"] == 2 * 10
+        assert r["identical_to_ar"] == 2                 # greedy speculative decoding is lossless
+        assert r["speedup_over_tau"] == pytest.approx(r["speedup"] / r["tau"])
+        assert len(r["per_position"]) == r["k"]
+    mtp = rows[("mtp", 3)]
+    assert mtp["drafting_steps"] <= mtp["draft_forwards"] <= 3 * mtp["drafting_steps"]   # one forward per draft
+    assert rows[("ngram", 3)]["draft_forwards"] == 0
+
+
+def test_bad_arguments_exit_with_a_message(capsys):
+    assert main(["bench", "--random", "tiny", "--prompts", "0"]) == 2
+    assert "--prompts" in capsys.readouterr().err
+    assert main(["bench", "--random", "tiny", "--prompt-len", "60", "--new-tokens", "10"]) == 2
+    assert "max_seq_len" in capsys.readouterr().err
+
+
+def test_merge_sums_counters_and_positions():
+    a = GenerationStats(new_tokens=5, main_forwards=3, steps=2, drafted=4, accepted=3, wall_time_s=1.0,
+                        drafted_per_position=[2, 2], accepted_per_position=[2, 1])
+    b = GenerationStats(new_tokens=7, main_forwards=4, steps=3, drafted=5, accepted=1, wall_time_s=2.0,
+                        drafted_per_position=[3, 2], accepted_per_position=[1, 0])
+    m = merge([a, b])
+    assert (m.new_tokens, m.main_forwards, m.steps, m.drafted, m.accepted) == (12, 7, 5, 9, 4)
+    assert m.drafted_per_position == [5, 4] and m.accepted_per_position == [3, 1]
+    assert m.mean_acceptance_length == pytest.approx(1 + 4 / 5)
+    assert m.wall_time_s == pytest.approx(3.0)
