@@ -1,6 +1,8 @@
 """mtp_lab: DeepSeek-V3-style Multi-Token Prediction, small enough to read, faithful enough to trust."""
 
+from .checkpoint import CheckpointError, load_model, load_pretrained, save_model
 from .config import PRESETS, ModelConfig, get_preset
+from .data import Corpus, build_corpus, load_tokenizer, train_tokenizer
 from .decoding import (GenerationResult, GenerationStats, SpeculativeStep, generate, speculative_accept,
                        speculative_generate, speculative_steps)
 from .drafters import MTPDrafter, NGramDrafter
@@ -10,6 +12,7 @@ from .layers import KVCache, RMSNorm
 from .loss import LossParts, mtp_lambda, mtp_loss
 from .model import ModelCache, MTPModel, MTPModule, MTPOutput
 from .sampling import SamplingParams, probs_from_logits
+from .train import Callback, History, ProgressBar, StepRecord, Trainer, TrainConfig, evaluate
 
 __version__ = "0.1.0"
 
@@ -28,4 +31,6 @@ __all__ = [
     "FP8Linear", "apply_fp8_recipe", "record_fp8_stats", "fp8_stats",
     "generate", "speculative_generate", "speculative_steps", "speculative_accept", "GenerationResult",
     "GenerationStats", "SpeculativeStep", "MTPDrafter", "NGramDrafter", "SamplingParams", "probs_from_logits",
+    "load_pretrained", "load_model", "save_model", "CheckpointError", "Corpus", "build_corpus", "load_tokenizer",
+    "train_tokenizer", "Trainer", "TrainConfig", "Callback", "History", "ProgressBar", "StepRecord", "evaluate",
 ]

@@ -76,7 +76,8 @@ PRESETS: dict[str, ModelConfig] = {
     # A few thousand parameters: for unit tests, runs in milliseconds.
     "tiny": ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, mtp_depth=2),
     # The shipped course model (assets/): trained on the Python standard library on 2 CPU cores.
-    "course": ModelConfig(),
+    "course": ModelConfig(vocab_size=2048, d_model=192, n_layers=4, n_heads=4, d_ff=512, max_seq_len=256,
+                          mtp_depth=2),
 }
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mtp_lab.data import split_of, stdlib_root
+import pytest
+import torch
+
+from mtp_lab.data import documents, list_files, split_files, split_of, stdlib_root, train_tokenizer
 
 # stable module names present in Python 3.10-3.13; split_of puts them in train / val / test
 SAMPLE_FILES = ["textwrap.py", "bisect.py", "heapq.py", "fnmatch.py", "shlex.py", "glob.py", "colorsys.py",
@@ -22,3 +25,23 @@ def make_sample_root(tmp: Path) -> Path:
     splits = {split_of(p.name) for p in root.iterdir()}
     assert splits == {"train", "val", "test"}, f"sample lacks a split: {splits}"
     return root
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory):
+    """Module-scoped sample corpus folder (import this fixture into a test module to use it)."""
+    return make_sample_root(tmp_path_factory.mktemp("corpus"))
+
+
+def sample_tokenizer(root: Path, vocab_size: int):
+    """A byte-level BPE trained on the sample's train split."""
+    return train_tokenizer(documents(split_files(list_files(root))["train"], root), vocab_size=vocab_size)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and a shared machine does not stall them on thread sync."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

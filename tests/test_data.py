@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from stdlib_sample import make_sample_root
+from stdlib_sample import sample_root, sample_tokenizer  # noqa: F401  (sample_root is a fixture)
 
 from mtp_lab.data import (DEFAULT_TOKENIZER, EOT, build_corpus, docstrings, documents, eot_id, eval_batches,
                           list_files, load_tokenizer, sample_batch, split_files, split_of, train_tokenizer)
@@ -14,14 +14,8 @@ TRICKY = ["", " ", "def f(x):\n    return x  # tab\tand  two spaces\r\n", "Ünï
 
 
 @pytest.fixture(scope="module")
-def sample_root(tmp_path_factory):
-    return make_sample_root(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
 def small_tokenizer(sample_root):
-    files = split_files(list_files(sample_root))["train"]
-    return train_tokenizer(documents(files, sample_root), vocab_size=400)
+    return sample_tokenizer(sample_root, vocab_size=400)
 
 
 def test_split_rule_matches_documented_hash():

@@ -1,0 +1,306 @@
+"""Training: AdamW, warmup then cosine decay, gradient clipping, bf16 autocast, the MTP lambda schedule,
+periodic evaluation, callbacks for live plots, checkpoints with exact resume, and DistributedDataParallel.
+
+Under `torchrun --nproc_per_node=N` (env WORLD_SIZE > 1) the Trainer joins the process group (gloo on
+CPU, nccl on CUDA), wraps the model in DDP and samples batches from its own contiguous shard of the
+training stream; rank 0 evaluates, logs and saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import load_model, load_train_state, save_model, save_train_state
+from .config import ModelConfig
+from .data import Corpus, eval_batches, sample_batch
+from .loss import mtp_lambda, mtp_loss
+from .model import MTPModel
+
+
+@dataclass
+class TrainConfig:
+    # defaults = the shipped course model's recipe (assets/MODEL_CARD.md)
+    steps: int = 500                  # optimizer steps
+    batch_size: int = 16              # sequences per step (per rank under DDP)
+    seq_len: int = 128                # training context T (<= the model's max_seq_len)
+    lr: float = 2e-3                  # peak learning rate
+    min_lr: float = 2e-4              # learning rate at the end of the cosine decay
+    warmup: int = 50                  # linear warmup steps
+    weight_decay: float = 0.1         # AdamW decay, on matrices only (not norms)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0            # max global gradient norm (0 = no clipping)
+    lam: float | None = None          # MTP weight lambda; None = DeepSeek's schedule (0.3, then 0.1)
+    eval_interval: int = 100          # evaluate every this many steps (and at the end)
+    eval_batches: int = 4             # validation batches per evaluation (fixed windows)
+    save_interval: int = 100          # checkpoint every this many steps (and at the end) when out is set
+    precision: str = "auto"           # "auto" (bf16 where supported), "bf16" or "fp32"
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "eval_interval", "eval_batches", "save_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        if self.lam is not None and self.lam < 0:
+            raise ValueError(f"lambda must be >= 0 (or None for the schedule), got {self.lam}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over cfg.warmup steps, then cosine decay to cfg.min_lr at cfg.steps.
+
+    lr(s) = lr * (s+1)/warmup                                        for s < warmup
+    lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2,  p = (s - warmup) / (steps - warmup)
+    """
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 autocast is fast: CUDA with compute capability 8.0+, or a CPU with native bf16
+    instructions (AVX512-BF16 or AMX). Without them (e.g. AVX2-only CPUs) torch emulates bf16 and a
+    training step measured about 8x SLOWER than fp32, so "auto" keeps fp32 there."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported",
+                                                                   "_is_amx_tile_supported")]
+    return device.type == "cpu" and any(f() for f in native)
+
+
+@torch.no_grad()
+def evaluate(model: MTPModel, batches: list[tuple[torch.Tensor, torch.Tensor]],
+             autocast: bool = False) -> dict:
+    """Main and per-depth loss (mean nats per predicted token) and top-1 accuracy over fixed batches.
+
+    Also `agree`: for depth k, the fraction of positions i where argmax of depth-k logits at i equals
+    argmax of the main logits at i+k (both predict t_{i+k+1}) -- the greedy acceptance proxy.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    D = len(model.mtp)
+    sums = {"main": 0.0, "main_acc": 0.0, "depth": [0.0] * D, "acc": [0.0] * D, "agree": [0.0] * D}
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+            out = model(x)
+        parts = mtp_loss(out, y, lam=1.0, normalize="mean")
+        main_pred = out.logits.argmax(-1)                                           # (B, T)
+        sums["main"] += parts.main.item()
+        sums["main_acc"] += (main_pred == y).float().mean().item()
+        for k in range(1, D + 1):
+            pred = out.mtp_logits[k - 1].argmax(-1)                                 # (B, T-k)
+            sums["depth"][k - 1] += parts.depth[k - 1].item()
+            sums["acc"][k - 1] += (pred == y[:, k:]).float().mean().item()
+            sums["agree"][k - 1] += (pred == main_pred[:, k:]).float().mean().item()
+    n = len(batches)
+    model.train(was_training)
+    return {"main": sums["main"] / n, "main_acc": sums["main_acc"] / n,
+            "depth": [v / n for v in sums["depth"]], "acc": [v / n for v in sums["acc"]],
+            "agree": [v / n for v in sums["agree"]]}
+
+
+@dataclass
+class StepRecord:
+    step: int                 # optimizer steps done
+    loss: float               # total loss back-propagated (main + lambda-weighted MTP)
+    main: float               # main next-token loss
+    depth: list[float]        # L^1..L^D as in the objective (report normalisation)
+    lam: float
+    lr: float
+    grad_norm: float
+    tokens: int               # training tokens seen so far (all ranks)
+    elapsed: float            # seconds since fit() started
+
+
+class Callback:
+    """Subscribe to training events (a live plot, a logger). Every method is optional."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_step(self, trainer: "Trainer", record: StepRecord) -> None: ...
+    def on_eval(self, trainer: "Trainer", step: int, result: dict) -> None: ...
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+@dataclass
+class History(Callback):
+    """Keeps every step record and evaluation: what a plot or a test reads."""
+    steps: list[StepRecord] = field(default_factory=list)
+    evals: list[tuple[int, dict]] = field(default_factory=list)
+
+    def on_step(self, trainer, record):
+        self.steps.append(record)
+
+    def on_eval(self, trainer, step, result):
+        self.evals.append((step, result))
+
+
+class ProgressBar(Callback):
+    """A tqdm bar (terminal or notebook) with the running loss, lambda and learning rate."""
+
+    def on_train_start(self, trainer):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, desc="train", dynamic_ncols=True)
+
+    def on_step(self, trainer, record):
+        self.bar.update(record.step - self.bar.n)
+        self.bar.set_postfix(loss=f"{record.loss:.3f}", main=f"{record.main:.3f}", lam=record.lam,
+                             lr=f"{record.lr:.2e}", refresh=False)
+
+    def on_eval(self, trainer, step, result):
+        self.bar.write(format_eval(step, result))
+
+    def on_train_end(self, trainer):
+        self.bar.close()
+
+
+def format_eval(step: int, result: dict, split: str = "val") -> str:
+    depth = " ".join(f"d{k}={l:.3f}/{a:.3f}/{g:.3f}" for k, (l, a, g) in
+                     enumerate(zip(result["depth"], result["acc"], result["agree"]), start=1))
+    return f"step {step}: {split} main={result['main']:.3f} acc={result['main_acc']:.3f} " \
+           f"[depth loss/acc/agree] {depth}"
+
+
+class Trainer:
+    """Trains an MTPModel on a Corpus. `fit()` runs to cfg.steps; `save(dir)`/`resume(dir)` checkpoint."""
+
+    def __init__(self, model_config: ModelConfig, cfg: TrainConfig, corpus: Corpus,
+                 callbacks: list[Callback] | None = None, device: str | torch.device | None = None):
+        if cfg.seq_len > model_config.max_seq_len:
+            raise ValueError(f"seq_len {cfg.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}")
+        if corpus.vocab_size != model_config.vocab_size:
+            raise ValueError(f"tokenizer vocabulary {corpus.vocab_size} != model vocab_size "
+                             f"{model_config.vocab_size}; pass vocab_size={corpus.vocab_size}")
+        self.cfg, self.corpus, self.callbacks = cfg, corpus, list(callbacks or [])
+        self.rank, self.world = _init_distributed()
+        self.device = torch.device(device or (f"cuda:{_local_rank()}" if torch.cuda.is_available() else "cpu"))
+        torch.manual_seed(cfg.seed)                        # same initial weights on every rank
+        self.model = MTPModel(model_config).to(self.device)
+        self.ddp = DistributedDataParallel(self.model) if self.world > 1 else None
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=cfg.lr, betas=cfg.betas)
+        self.autocast = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(self.device))
+        train = corpus.splits["train"]
+        shard = len(train) // self.world                  # each rank samples from its own contiguous shard
+        self.shard = train[self.rank * shard:(self.rank + 1) * shard]
+        self.val_batches = eval_batches(corpus.splits["val"], cfg.eval_batches, cfg.batch_size, cfg.seq_len)
+        self.step = 0
+        self.elapsed = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of `step` on this rank: a function of (seed, rank, step) only, so resume replays it."""
+        rng = np.random.default_rng([self.cfg.seed, self.rank, step])
+        x, y = sample_batch(self.shard, self.cfg.batch_size, self.cfg.seq_len, rng)
+        return x.to(self.device), y.to(self.device)
+
+    def lam_at(self, step: int) -> float:
+        return self.cfg.lam if self.cfg.lam is not None else mtp_lambda(step / self.cfg.steps)
+
+    def train_step(self) -> StepRecord:
+        step, cfg = self.step, self.cfg
+        lr, lam = lr_at(step, cfg), self.lam_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self.batch(step)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            out = (self.ddp or self.model)(x)
+        parts = mtp_loss(out, y, lam)
+        parts.total.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                              else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        logged = torch.stack([parts.total.detach(), parts.main.detach(), *[d.detach() for d in parts.depth]])
+        if self.world > 1:                                  # log the mean over ranks
+            dist.all_reduce(logged)
+            logged /= self.world
+        logged = logged.tolist()
+        return StepRecord(step=self.step, loss=logged[0], main=logged[1], depth=logged[2:], lam=lam, lr=lr,
+                          grad_norm=float(norm), tokens=self.step * cfg.batch_size * cfg.seq_len * self.world,
+                          elapsed=self.elapsed)
+
+    def evaluate(self) -> dict:
+        return evaluate(self.model, self.val_batches, autocast=self.autocast)
+
+    def fit(self, out: str | Path | None = None) -> list[tuple[int, dict]]:
+        """Train from self.step to cfg.steps; evaluate and (with `out`) checkpoint periodically."""
+        callbacks = self.callbacks if self.is_main else []
+        for cb in callbacks:
+            cb.on_train_start(self)
+        evals = []
+        self.model.train()
+        start = time.perf_counter() - self.elapsed
+        while self.step < self.cfg.steps:
+            record = self.train_step()
+            self.elapsed = record.elapsed = time.perf_counter() - start
+            for cb in callbacks:
+                cb.on_step(self, record)
+            done = self.step == self.cfg.steps
+            if self.is_main and (self.step % self.cfg.eval_interval == 0 or done):
+                result = self.evaluate()
+                evals.append((self.step, result))
+                for cb in callbacks:
+                    cb.on_eval(self, self.step, result)
+            if out is not None and (self.step % self.cfg.save_interval == 0 or done):
+                self.save(out)
+        for cb in callbacks:
+            cb.on_train_end(self)
+        return evals
+
+    def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Model checkpoint plus optimizer and step (rank 0 only); `resume` continues it exactly."""
+        if not self.is_main:
+            return
+        save_model(directory, self.model, self.corpus.tokenizer, dtype=dtype)
+        save_train_state(directory, self.optimizer, {"step": self.step, "elapsed": self.elapsed,
+                                                     "train_config": self.cfg.to_dict()})
+
+    def resume(self, directory: str | Path) -> None:
+        """Load weights, optimizer moments and step from `directory` (written by save)."""
+        loaded = load_model(directory, device=self.device)
+        if loaded.config != self.model.config:
+            raise ValueError(f"checkpoint {directory} has model config {loaded.config}, this run uses "
+                             f"{self.model.config}; resume with the same preset and overrides")
+        self.model.load_state_dict(loaded.state_dict())
+        meta = load_train_state(directory, self.optimizer)
+        self.step, self.elapsed = int(meta["step"]), float(meta.get("elapsed", 0.0))
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(_local_rank())
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()

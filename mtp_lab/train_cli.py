@@ -1,0 +1,133 @@
+"""`mtp-lab train`: train (or resume) a model on the standard-library corpus; optionally export it.
+
+Runs unchanged under `torchrun --nproc_per_node=N -m mtp_lab.cli train ...` (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig, get_preset
+
+# CLI flag -> TrainConfig field; flags left unset keep the default (or the resumed run's value)
+TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr",
+               "min_lr": "min_lr", "warmup": "warmup", "lam": "lam", "eval_interval": "eval_interval",
+               "eval_batches": "eval_batches", "save_interval": "save_interval", "precision": "precision",
+               "seed": "seed", "grad_clip": "grad_clip", "weight_decay": "weight_decay"}
+TEST_EVAL_BATCHES = 64    # test-split windows scored for an exported model: 64 x batch_size sequences
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train an MTP model on the Python standard library",
+                              description=__doc__)
+    p.add_argument("--preset", default="course", help="model preset (default: course)")
+    p.add_argument("--mtp-depth", type=int, default=None, help="override the preset's MTP depth D (0 = none)")
+    p.add_argument("--out", default="runs/course", help="checkpoint folder (default: runs/course)")
+    p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--export", default=None, help="at the end, also write the model (--export-dtype) and "
+                                                  "its val/test metrics to this folder")
+    p.add_argument("--export-dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None, help="training context (<= max_seq_len)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--min-lr", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--lambda", dest="lam", type=float, default=None,
+                   help="constant MTP weight lambda (default: DeepSeek's 0.3 then 0.1 schedule)")
+    p.add_argument("--eval-interval", type=int, default=None)
+    p.add_argument("--eval-batches", type=int, default=None)
+    p.add_argument("--save-interval", type=int, default=None)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: assets/tokenizer.json; "
+                                                     "trained on the train split and saved if missing)")
+    p.add_argument("--vocab-size", type=int, default=None, help="vocabulary of a newly trained tokenizer "
+                                                                   "(default: the preset's vocab_size)")
+    p.add_argument("--root", default=None, help="corpus folder of .py files (default: this Python's "
+                                                "standard library)")
+    p.add_argument("--mix", choices=["code", "docstrings", "both"], default="both", help="corpus documents")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    if "fp8" in {f.name for f in dataclasses.fields(ModelConfig)}:
+        p.add_argument("--fp8", choices=["none", "main", "mtp", "all"], default=None,
+                       help="run these block linears in simulated FP8 (ModelConfig.fp8)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .checkpoint import TRAINER_FILE, load_config
+    from .data import DEFAULT_TOKENIZER, build_corpus
+    from .train import ProgressBar, TrainConfig, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    overrides = {k: v for k, v in (("mtp_depth", args.mtp_depth), ("fp8", getattr(args, "fp8", None)))
+                 if v is not None}
+    given = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    if args.resume:
+        model_cfg, _ = load_config(out)
+        if any(getattr(model_cfg, k) != v for k, v in overrides.items()):
+            raise ValueError(f"--resume uses the model config saved in {out}; drop the conflicting overrides "
+                             f"{overrides}")
+        saved = json.loads((out / TRAINER_FILE).read_text())["train_config"]
+        saved["betas"] = tuple(saved["betas"])
+        train_cfg = TrainConfig(**{**saved, **given})
+        tokenizer = out / "tokenizer.json"
+    else:
+        model_cfg = get_preset(args.preset, **overrides)
+        train_cfg = TrainConfig(**given)
+        tokenizer = Path(args.tokenizer) if args.tokenizer else DEFAULT_TOKENIZER
+    corpus = build_corpus(tokenizer, root=args.root, mix=args.mix,
+                          vocab_size=args.vocab_size or model_cfg.vocab_size)
+    if corpus.vocab_size != model_cfg.vocab_size and not args.resume:
+        print(f"note: preset {args.preset!r} has vocab_size {model_cfg.vocab_size}; using the tokenizer's "
+              f"{corpus.vocab_size}", file=sys.stderr)
+        model_cfg = model_cfg.replace(vocab_size=corpus.vocab_size)
+    trainer = Trainer(model_cfg, train_cfg, corpus, callbacks=[ProgressBar()])
+    if args.resume:
+        trainer.resume(out)
+    if trainer.is_main:
+        counts = trainer.model.parameter_counts()
+        print(f"model {json.dumps(model_cfg.to_dict())}\nparameters {counts['total']:,} "
+              f"(main+shared {counts['main_with_shared']:,}, mtp {counts['mtp']:,}); train "
+              f"{len(corpus.splits['train']):,} tokens, world {trainer.world}, bf16 {trainer.autocast}, "
+              f"threads {torch.get_num_threads()}", flush=True)
+    trainer.fit(out)
+    if trainer.is_main and args.export:
+        export(trainer, Path(args.export), getattr(torch, args.export_dtype))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def export(trainer, directory: Path, dtype: torch.dtype) -> None:
+    """Write the model in `dtype`, reload it as load_pretrained does, and record its val/test metrics."""
+    from .checkpoint import load_pretrained, save_model
+    from .data import atomic_write_bytes, eval_batches
+    from .train import evaluate, format_eval
+
+    cfg = trainer.cfg
+    tokens_per_s = trainer.step * cfg.batch_size * cfg.seq_len * trainer.world / max(trainer.elapsed, 1e-9)
+    save_model(directory, trainer.model, trainer.corpus.tokenizer, dtype=dtype,
+               metadata={"train_config": cfg.to_dict(), "train_seconds": round(trainer.elapsed, 1),
+                         "tokens_per_second": round(tokens_per_s, 1), "world_size": trainer.world})
+    model, _ = load_pretrained(directory)
+    metrics = {split: evaluate(model, eval_batches(trainer.corpus.splits[split], TEST_EVAL_BATCHES,
+                                                   cfg.batch_size, cfg.seq_len))
+               for split in ("val", "test")}
+    atomic_write_bytes(directory / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    for split, result in metrics.items():
+        print(f"exported {directory}: " + format_eval(trainer.step, result, split), flush=True)
+
+
+if __name__ == "__main__":
+    from .cli import main
+    sys.exit(main(["train", *sys.argv[1:]]))
