@@ -29,7 +29,8 @@ TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
 PRETRAINED_DIR = ASSETS / "course_model"
-PRETRAINED_COMMAND = "mtp-lab train --preset course --out runs/course --export assets/course_model"
+PRETRAINED_COMMAND = ("torchrun --standalone --nproc_per_node=2 -m mtp_lab.cli train --preset course --threads 1 "
+                      "--out runs/course --export assets/course_model")
 
 
 class CheckpointError(ValueError):

@@ -29,9 +29,9 @@ from .model import MTPModel
 
 @dataclass
 class TrainConfig:
-    # defaults = the shipped course model's recipe (assets/MODEL_CARD.md)
-    steps: int = 500                  # optimizer steps
-    batch_size: int = 16              # sequences per step (per rank under DDP)
+    # defaults = the shipped course model's recipe (assets/MODEL_CARD.md: 2 processes under torchrun)
+    steps: int = 1500                 # optimizer steps
+    batch_size: int = 16              # sequences per step and rank (global batch = batch_size x world size)
     seq_len: int = 128                # training context T (<= the model's max_seq_len)
     lr: float = 2e-3                  # peak learning rate
     min_lr: float = 2e-4              # learning rate at the end of the cosine decay

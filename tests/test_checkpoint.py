@@ -127,7 +127,7 @@ def test_missing_tensors_are_reported(saved):
 
 def test_load_pretrained_missing_asset_says_which_command(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt, "PRETRAINED_DIR", tmp_path / "course_model")
-    with pytest.raises(FileNotFoundError, match="mtp-lab train"):
+    with pytest.raises(FileNotFoundError, match=r"torchrun .*mtp_lab\.cli train --preset course"):
         load_pretrained()
     with pytest.raises(FileNotFoundError, match="mtp-lab train --out"):
         load_pretrained(tmp_path / "elsewhere")
