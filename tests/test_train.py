@@ -146,8 +146,9 @@ def test_cli_train_resume_and_export(sample_root, tmp_path, monkeypatch, capsys)
     common = ["train", "--preset", "tiny", "--root", str(sample_root), "--tokenizer", str(tmp_path / "tok.json"),
               "--vocab-size", "300", "--out", str(out), "--batch-size", "4", "--seq-len", "32",
               "--eval-batches", "1", "--threads", "1"]
-    assert cli_main(common + ["--steps", "3", "--lambda", "0.2", "--mtp-depth", "1"]) == 0
+    assert cli_main(common + ["--steps", "3", "--lambda", "0.2", "--mtp-depth", "1", "--fp8", "mtp"]) == 0
     assert json.loads((out / "trainer.json").read_text())["step"] == 3
+    assert json.loads((out / "config.json").read_text())["model"]["fp8"] == "mtp"
     assert cli_main(common + ["--resume", "--steps", "5", "--export", str(export)]) == 0
     state = json.loads((out / "trainer.json").read_text())
     assert state["step"] == 5 and state["train_config"]["lam"] == 0.2
