@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def merge(stats: list[GenerationStats]) -> GenerationStats:
 
 
 def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: float = 0.0,
-              seed: int = 0) -> list[dict]:
+              seed: int = 0, progress=None) -> list[dict]:
     """One row per configuration: AR first, then every drafter x k (mtp-pre only where k > D)."""
     D = model.config.mtp_depth
     configs = [("ar", 0)] + [(name, k) for name in drafters for k in ks if name != "mtp-pre" or k > D]
@@ -99,7 +100,9 @@ def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: 
         run(name, k, prompts[0], min(8, new_tokens))
     stats = {c: [] for c in configs}
     identical = {c: 0 for c in configs}
-    for prompt in prompts:
+    for i, prompt in enumerate(prompts):
+        if progress is not None:
+            progress(f"prompt {i + 1}/{len(prompts)}")
         ref = None
         for name, k in configs:
             out = run(name, k, prompt, new_tokens)
@@ -220,7 +223,8 @@ def _run(args) -> int:
     drafters = build_drafters(model, args.drafters)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        rows = run_bench(model, prompts, args.new_tokens, args.k, drafters, args.temperature, args.seed)
+        rows = run_bench(model, prompts, args.new_tokens, args.k, drafters, args.temperature, args.seed,
+                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     result = {"source": source, "config": model.config.to_dict(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "batch_size": 1, "temperature": args.temperature,
               "prompts": args.prompts, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
