@@ -263,7 +263,7 @@ def test_fp8_explorer_controls(model, tok):
     assert f("gran_e4m3").y[0] > 3 * before[0]                                         # per-tensor error jumps
     d.layer.value = "mtp.1.eh_proj"                                                    # (32, 64): K = 2d
     d.flush()
-    assert np.asarray(f("a_scale").z).shape == (4, 1) and "mtp.1.eh_proj" in d.fig.layout.annotations[2].text
+    assert np.asarray(f("a_scale").z).shape == (4, 1) and "mtp.1.eh_proj" in d.fig.layout.xaxis3.title.text
     d.promote.value = 32
     d.flush()
     assert [r["k"] for r in d.acc] == list(f("acc_promoted").x) == [128, 256]
@@ -353,3 +353,10 @@ def test_race_greedy_is_lossless_and_timed(model, tok):
     r.flush()
     assert [len(t.y) for t in r.fig.data] == [9, len(r.timelines[1].times) + 1]
     assert "identical outputs" in r.status.value
+
+
+def test_architecture_marks_fp8_scope():
+    nodes, _ = architecture_graph(get_preset("tiny", fp8="mtp"), seq_len=8)
+    by = {n.key: n for n in nodes}
+    assert "FP8" in by["mtp1.block"].equation and "FP8" in by["mtp2.eh_proj"].equation
+    assert "FP8" not in by["main.block.0"].equation and "FP8" not in by["head"].equation

@@ -49,12 +49,16 @@ def architecture_graph(cfg: ModelConfig, batch: int = 1, seq_len: int | None = N
                 "out = h + W2(SiLU(W1 RMSNorm(h)) * W3 RMSNorm(h))   (SwiGLU, d_ff = {ff})").format(
         H=cfg.n_heads, hd=cfg.head_dim, ff=cfg.d_ff)
     norm_eq = f"RMSNorm(x) = g * x / sqrt(mean_j x_j² + eps),  eps = {cfg.norm_eps:g}"
+    fp8 = ("<br><b>FP8</b>: its linears take E4M3 inputs (activations per 1x128 tile, weights per 128x128 block), "
+           "FP32 accumulation")
+    fp8_main, fp8_mtp = (fp8 if cfg.fp8 in scopes else "" for scopes in (("main", "all"), ("mtp", "all")))
     nodes = [Node("tokens", "tokens t_0..t_{T-1}", 0, 0, shp(B, T), "int64 token ids", 0, "io"),
              Node("embed", "Embedding (shared)", 0, 1, shp(B, T, d), f"x_i = W_E[t_i],  W_E: {shp(V, d)}", V * d,
                   "shared")]
     edges = [("tokens", "embed")]
     for i in range(L):
-        nodes.append(Node(f"main.block.{i}", f"Block {i}", 0, 2 + i, shp(B, T, d), block_eq, block_params(cfg), "main"))
+        nodes.append(Node(f"main.block.{i}", f"Block {i}", 0, 2 + i, shp(B, T, d), block_eq + fp8_main,
+                          block_params(cfg), "main"))
         edges.append((nodes[-2].key, nodes[-1].key))
     nodes.append(Node("main.norm", "final RMSNorm", 0, L + 2, shp(B, T, d), norm_eq, d, "norm"))
     nodes.append(Node("head", "Output head (shared)", 0, L + 3, shp(B, T, V),
@@ -73,9 +77,10 @@ def architecture_graph(cfg: ModelConfig, batch: int = 1, seq_len: int | None = N
             Node(f"mtp{k}.eh_proj", f"eh_proj M_{k} [e ; h]", cx, 3, shp(B, n, d),
                  f"(21) h'^{k}_i = M_{k} [enorm(Emb(t_{{i+{k}}})) ; hnorm(h^{k - 1}_i)]<br>"
                  f"concat {shp(B, n, 2 * d)} -> M_{k}: {shp(d, 2 * d)}; embedding first as in the checkpoint "
-                 "(the report writes hidden first)", 2 * d * d, "mtp"),
+                 "(the report writes hidden first)" + fp8_mtp, 2 * d * d, "mtp"),
             Node(f"mtp{k}.block", f"TRM_{k}", cx, 4, shp(B, n, d),
-                 f"(22) h^{k}_{{1:T-{k}}} = TRM_{k}(h'^{k}_{{1:T-{k}}})<br>" + block_eq, block_params(cfg), "mtp"),
+                 f"(22) h^{k}_{{1:T-{k}}} = TRM_{k}(h'^{k}_{{1:T-{k}}})<br>" + block_eq + fp8_mtp, block_params(cfg),
+                 "mtp"),
             Node(f"mtp{k}.norm", "shared_head.norm", cx, 5, shp(B, n, d), norm_eq, d, "norm"),
             Node(f"mtp{k}.head", "Output head (shared)", cx, 6, shp(B, n, V),
                  f"(23) P^{k}_{{i+{k + 1}}} = softmax(W_O shared_head.norm(h^{k}_i)): the SAME W_O as the main "
@@ -159,7 +164,7 @@ class ArchitectureView(Dashboard):
     def title(self) -> str:
         c = self.config
         return (f"d = {c.d_model}, L = {c.n_layers}, heads = {c.n_heads}, d_ff = {c.d_ff}, V = {c.vocab_size}, "
-                f"D = {c.mtp_depth} MTP module(s); hover a box for its equation")
+                f"D = {c.mtp_depth} MTP module(s), FP8 linears: {c.fp8}; hover a box for its equation")
 
     def update(self) -> None:
         self.graph = architecture_graph(self.config, self.batch.value, self.seq_len.value)

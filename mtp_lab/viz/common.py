@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import torch
 
 MAX_REDRAWS_PER_SECOND = 20  # what a browser comfortably draws; each redraw is one batch_update message
-FIG_WIDTH = 1000             # pixels: a FigureWidget does not stretch to the notebook's width by itself
+FIG_WIDTH = 920              # pixels: a FigureWidget does not stretch to the notebook's width by itself
 
 
 def widgets_available() -> bool:

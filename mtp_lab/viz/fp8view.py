@@ -96,7 +96,7 @@ class FP8Explorer(Dashboard):
     """Five panels: number lines, granularity errors, weight block scales, activation tile scales, error vs K."""
 
     TITLES = ("E4M3 and E5M2: every positive value (log scale)", "Error on ordinary values by granularity",
-              "Weight scales, 128x128 blocks", "Activation scales, 1x128 tiles", "Accumulation error vs K")
+              "Weight scales per 128x128 block", "Activation scales per 1x128 tile", "Accumulation rel. error vs K")
 
     def __init__(self, model, tokenizer, prompt: str = "def forward(self, x):\n    return x",
                  ks=DEFAULT_KS, interactive: bool | None = None):
@@ -159,12 +159,12 @@ class FP8Explorer(Dashboard):
         fig.update_xaxes(type="log", title_text="value", row=1, col=1)
         fig.update_yaxes(tickvals=[0, 1], ticktext=list(f.upper() for f in FORMATS), range=[-0.6, 1.6], row=1, col=1)
         fig.update_yaxes(type="log", title_text="rel. error", row=1, col=3)
-        fig.update_xaxes(title_text="K chunk (128 in)", dtick=1, row=2, col=1)
-        fig.update_yaxes(title_text="block (128 out)", autorange="reversed", dtick=1, row=2, col=1)
-        fig.update_xaxes(title_text="K chunk (128 in)", dtick=1, row=2, col=2)
-        fig.update_yaxes(title_text="token", autorange="reversed", row=2, col=2)
+        fig.update_xaxes(title_text="block column (128 inputs)", dtick=1, row=2, col=1)
+        fig.update_yaxes(autorange="reversed", dtick=1, row=2, col=1)
+        fig.update_xaxes(title_text="tile (128 inputs)", dtick=1, row=2, col=2)
+        fig.update_yaxes(autorange="reversed", row=2, col=2)
         fig.update_xaxes(type="log", title_text="K", row=2, col=3)
-        fig.update_yaxes(type="log", title_text="rel. error", row=2, col=3)
+        fig.update_yaxes(type="log", row=2, col=3)
         fig.update_layout(width=FIG_WIDTH, height=760, barmode="group", margin=dict(t=60, l=60, r=20, b=40),
                           legend=dict(font=dict(size=10), orientation="h", y=-0.1, x=0))
         return fig
@@ -208,7 +208,7 @@ class FP8Explorer(Dashboard):
             for key in ("limited", "promoted", "fp32"):
                 data[t[f"acc_{key}"]].x = [r["k"] for r in self.acc]
                 data[t[f"acc_{key}"]].y = [r[key] for r in self.acc]
-            self.fig.layout.annotations[2].text = f"{self.TITLES[2]}: {self.layer.value}"
+            self.fig.layout.xaxis3.title.text = f"{self.layer.value}: block column (128 inputs)"
         rel = lambda f: f"{f.upper()} {self.rounded[f]:.4g} ({abs(self.rounded[f] - x) / x:.1%} off)"
         act = sc["act"]
         act_text = (f"activation tiles: rel. error {act['rel_error']:.2%}, scales {act['scale_min']:.2g}"

@@ -137,7 +137,6 @@ class SpeculativeRace(Dashboard):
                 keep = tl.times <= t
                 tr.x = np.concatenate([[0.0], tl.times[keep]])
                 tr.y = np.concatenate([[0], tl.counts[keep]])
-                tr.name = tl.label
         for box, tl in zip(self.texts, self.timelines):
             n = tl.tokens_at(t)
             box.value = (f"<div style='font-family:monospace;white-space:pre-wrap'>"
@@ -145,7 +144,7 @@ class SpeculativeRace(Dashboard):
         ar, spec = self.timelines
         if t >= max(ar.total_s, spec.total_s):
             same = " · identical outputs (greedy is lossless)" if ar.tokens == spec.tokens else ""
-            self.status.value = (f"autoregressive {ar.total_s:.2f} s, speculative {spec.total_s:.2f} s for "
+            self.status.value = (f"{ar.label} {ar.total_s:.2f} s, {spec.label} {spec.total_s:.2f} s for "
                                  f"{len(spec.tokens)} tokens: {ar.total_s / spec.total_s:.2f}x{same}")
         else:
             self.status.value = f"replaying: {t:.2f} s"
