@@ -284,3 +284,18 @@ def test_model_stats_collection():
     assert all(0 < s["input"]["rel_error"] < 0.1 for s in stats.values())
     record_fp8_stats(model, enabled=False)
     assert fp8_stats(model) == {}
+
+
+# ----------------------------------------------------------------------------- the benchmark command
+
+def test_fp8_bench_command(tmp_path, capsys):
+    from mtp_lab.cli import main
+    out = tmp_path / "fp8.json"
+    assert main(["fp8-bench", "--parts", "quantization", "--json", str(out)]) == 0
+    import json
+    rows = json.loads(out.read_text())["quantization"]
+    by = {(r["format"], r["granularity"]): r for r in rows}
+    assert by["e4m3", "tile"]["rel_error_100000.0"] < by["e4m3", "block"]["rel_error_100000.0"] \
+        < by["e4m3", "tensor"]["rel_error_100000.0"]
+    assert "| e4m3 | tile |" in capsys.readouterr().out
+    assert main(["fp8-bench", "--parts", "quantisation"]) == 2
