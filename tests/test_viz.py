@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from mtp_lab import MTPModel, get_preset
+from mtp_lab.data import Corpus
 from mtp_lab.decoding import GenerationStats, SpeculativeStep, speculative_generate, speculative_steps
+from mtp_lab.train import History, TrainConfig, Trainer
 from mtp_lab.viz.architecture import architecture_graph, architecture_view
 from mtp_lab.fp8 import fake_quantize
 from mtp_lab.viz.common import Throttle, widgets_available
@@ -17,6 +19,7 @@ from mtp_lab.viz.fp8view import (format_values, fp8_explorer, granularity_errors
                                  outlier_activations, round_to_format)
 from mtp_lab.viz.race import race, speculative_race
 from mtp_lab.viz.specdec import add_step, draft_table, speculative_dashboard, step_segments
+from mtp_lab.viz.training import training_monitor
 from mtp_lab.viz.rmsnorm import capture_norms, eps_response, rmsnorm_dashboard, site_summary, vector_stats
 
 
@@ -353,6 +356,31 @@ def test_race_greedy_is_lossless_and_timed(model, tok):
     r.flush()
     assert [len(t.y) for t in r.fig.data] == [9, len(r.timelines[1].times) + 1]
     assert "identical outputs" in r.status.value
+
+
+# ---------------------------------------------------------------- training monitor
+
+class VocabOnly:
+    def get_vocab_size(self):
+        return 256
+
+
+def test_training_monitor_follows_trainer():
+    rng = np.random.default_rng(0)
+    splits = {s: rng.integers(0, 256, 4000).astype(np.uint16) for s in ("train", "val", "test")}
+    corpus = Corpus(VocabOnly(), splits, {})
+    mon, hist = training_monitor(interactive=True), History()
+    cfg = TrainConfig(steps=3, batch_size=2, seq_len=8, eval_interval=2, eval_batches=1, warmup=1, precision="fp32")
+    Trainer(get_preset("tiny", vocab_size=256), cfg, corpus, callbacks=[mon, hist]).fit()
+    by = {t.name: t for t in mon.fig.data}
+    assert list(by["main L_main"].x) == [1, 2, 3]
+    np.testing.assert_allclose(by["depth 2 L^2"].y, [r.depth[1] for r in hist.steps])
+    np.testing.assert_allclose(by["lambda"].y, [r.lam for r in hist.steps])
+    assert list(by["val main"].x) == [2, 3] and by["val depth 1"].y[1] == hist.evals[1][1]["depth"][0]
+    assert "step 3/3" in mon.status.value
+    other = training_monitor(interactive=False)
+    other.replay(hist.steps[:2], hist.evals[:1])
+    assert len(other.fig.data[1].y) == 2 and type(other.fig).__name__ == "Figure"
 
 
 def test_architecture_marks_fp8_scope():

@@ -6,6 +6,7 @@ Entry points (each returns a dashboard; display it as the last expression of a c
 - fp8_explorer(model, tokenizer): E4M3/E5M2 number lines, granularity vs outliers, layer scales, error vs K.
 - speculative_dashboard(model, tokenizer): live speculative decoding, step by step or playing.
 - speculative_race(model, tokenizer): plain vs speculative decoding on the wall clock.
+- training_monitor(): live loss curves and lambda, a callback for mtp_lab.train.Trainer.
 """
 
 from .architecture import architecture_view
@@ -14,6 +15,7 @@ from .fp8view import fp8_explorer
 from .race import speculative_race
 from .rmsnorm import rmsnorm_dashboard
 from .specdec import speculative_dashboard
+from .training import training_monitor
 
 __all__ = ["rmsnorm_dashboard", "architecture_view", "fp8_explorer", "speculative_dashboard", "speculative_race",
-           "Throttle", "widgets_available"]
+           "training_monitor", "Throttle", "widgets_available"]
