@@ -8,13 +8,9 @@ import torch
 from mtp_lab.bench import merge
 from mtp_lab.cli import main
 from mtp_lab.decoding import GenerationStats
+from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")      # tiny models: one thread is fastest
 
 
 def test_bench_command_writes_a_consistent_table(tmp_path, capsys):

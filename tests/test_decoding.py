@@ -5,15 +5,9 @@ import torch
 
 from mtp_lab import (GenerationResult, ModelConfig, MTPDrafter, MTPModel, NGramDrafter, SamplingParams, generate,
                      mtp_loss, speculative_generate, speculative_steps)
+from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models decode fastest on one thread, and shared CI cores stay usable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")      # tiny models: one thread is fastest
 
 
 def stride_batch(B, T, V, g, noise):

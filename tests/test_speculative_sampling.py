@@ -17,16 +17,11 @@ import torch
 from mtp_lab import (ModelConfig, MTPModel, SamplingParams, generate, speculative_accept, speculative_generate,
                      speculative_steps)
 from mtp_lab.drafters import Draft
+from stdlib_sample import one_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")      # tiny models: one thread is fastest
 
 V = 6
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def markov_model(depth: int, max_seq_len: int = 1024, seed: int = 0) -> MTPModel:
