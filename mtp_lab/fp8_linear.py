@@ -17,7 +17,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .fp8 import chunk_scales, dequantize, quant_stats, quantize, scaled_matmul
+from .fp8 import BACKENDS, SCALE_MODES, chunk_scales, dequantize, quant_stats, quantize, scaled_matmul
 
 FP8_SCOPES = ("none", "main", "mtp", "all")
 BLOCK_LINEARS = ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "ffn.w1", "ffn.w2", "ffn.w3")
@@ -91,6 +91,9 @@ class FP8Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, block_size: int = 128,
                  scale: str = "amax", backend: str = "dequant", device=None, dtype=None):
+        if backend not in BACKENDS or scale not in SCALE_MODES:
+            raise ValueError(f"FP8Linear backend must be one of {BACKENDS} and scale one of {SCALE_MODES}, "
+                             f"got backend={backend!r}, scale={scale!r}")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.block_size, self.scale, self.backend = block_size, scale, backend
         self.record_stats = False

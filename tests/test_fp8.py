@@ -148,6 +148,16 @@ def test_scaled_mm_backend_matches_simulation_on_cpu():
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(20, 200, generator=g), torch.randn(40, 200, generator=g)
     assert torch.allclose(fp8_matmul(a, b, backend="scaled_mm"), fp8_matmul(a, b), rtol=1e-5, atol=1e-5)
+    # the whole FP8Linear (three GEMMs) on that backend
+    lin = torch.nn.Linear(200, 40, bias=False)
+    x = torch.randn(20, 200, generator=g, requires_grad=True)
+    grads = []
+    for backend in ("scaled_mm", "dequant"):
+        y = FP8Linear.from_linear(lin, backend=backend)(x)
+        grads.append((y, *torch.autograd.grad(y.sum(), (x, lin.weight))))
+    assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-5) for u, v in zip(*grads))
+    with pytest.raises(ValueError, match="backend"):
+        FP8Linear(8, 8, backend="cuda")
 
 
 @pytest.mark.skipif(not scaled_mm_available(), reason="needs a CUDA GPU with FP8 tensor cores (cc >= 8.9)")
