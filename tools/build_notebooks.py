@@ -118,12 +118,14 @@ def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build(src: Path, timeout: int) -> float:
+def build(src: Path, timeout: int, threads: int | None = None) -> float:
     """Execute one notebook from source, store it clean; return the execution time in seconds."""
     from nbclient import NotebookClient
 
     nb = from_source(src)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if threads is not None:   # the kernel inherits it: torch reads OMP_NUM_THREADS at import
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(NB_DIR)}})
     start = time.perf_counter()
@@ -160,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("only", nargs="*", help="build only notebooks whose file name starts with these prefixes")
     ap.add_argument("--check", action="store_true", help="verify stored notebooks against sources, no execution")
     ap.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for the kernel (OMP_NUM_THREADS); 1 is fastest on a busy machine")
     args = ap.parse_args(argv)
     sources = sorted(p for p in SRC_DIR.glob("*.py") if not args.only or p.name.startswith(tuple(args.only)))
     if not sources:
@@ -175,7 +179,7 @@ def main(argv=None) -> int:
         return 1 if problems else 0
     total = 0.0
     for src in sources:
-        seconds = build(src, args.timeout)
+        seconds = build(src, args.timeout, args.threads)
         total += seconds
         print(f"{src.stem:32s} {seconds:6.1f} s")
     print(f"{'total':32s} {total:6.1f} s")

@@ -137,6 +137,23 @@ names = [name for name, module in model.named_modules() if isinstance(module, RM
 print(len(names), "RMSNorms;", "MTP module 1 has:", [n for n in names if n.startswith("mtp.0.")])
 
 # %% [markdown]
+# ## What the trained model's norms see
+#
+# The dashboard runs the shipped course model on a prompt and records what enters and leaves every RMSNorm: the main
+# blocks, the final norm, and in each MTP module `enorm`, `hnorm`, the block's norms and `shared_head.norm`. Look
+# for: the RMS entering the blocks grows with depth (the residual stream accumulates) while the output RMS stays
+# near 1; `enorm` and `hnorm` receive inputs of very different scale (an embedding vs a deep hidden state), which is
+# why each gets its own norm; the learned gains differ per channel. Type a prompt, pick a norm, move `eps`.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from mtp_lab import load_pretrained
+from mtp_lab.viz import rmsnorm_dashboard
+
+trained, tokenizer = load_pretrained(device=device)
+rmsnorm_dashboard(trained, tokenizer)
+
+# %% [markdown]
 # ## Exercises
 #
 # ### Exercise 1: RMSNorm from scratch

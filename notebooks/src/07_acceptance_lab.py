@@ -1,0 +1,270 @@
+# %% [markdown]
+# # 07 · The acceptance lab: what makes drafts get accepted
+#
+# **You will learn**
+# - the three metrics engines report (acceptance rate, mean acceptance length $\tau$, per-position rate) and how
+#   they relate;
+# - the i.i.d. theory $\tau = (1 - \alpha^{k+1}) / (1 - \alpha)$, and where chained MTP drafts depart from it;
+# - measured effects of the number of drafts $k$, temperature, an FP8 drafter, the text domain (code vs docstrings),
+#   and an MTP drafter vs a weight-free n-gram drafter;
+# - from $\tau$ to wall-clock speed-up: $\tau / (kc + 1)$, with $c$ the draft's cost.
+#
+# **Time:** about 45 minutes; the notebook runs in about 60 s on 2 CPU cores (each experiment decodes a few short
+# held-out snippets; raise `N_PROMPTS` and `NEW_TOKENS` for tighter numbers).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# !git clone <repository-url> mtp-lab
+# %pip install -q --no-deps -e mtp-lab anywidget
+import torch
+from mtp_lab.course import check, environment_report
+
+device = environment_report()
+
+# %% [markdown]
+# ## Set-up: the model and held-out prompts
+#
+# Prompts come from the **test split** of the corpus (files the model never trained on), once as source code and
+# once as the same files' docstrings. Each prompt is the first 32 tokens of a document.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from mtp_lab import load_pretrained
+from mtp_lab.data import documents, list_files, split_files
+
+model, tokenizer = load_pretrained(device=device)
+torch.set_num_threads(1)   # batch-1 decoding of a small model: one CPU thread is fastest (no thread sync)
+N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 6, 32, 40
+test_files = split_files(list_files())["test"]
+
+
+def prompts_from(mix):
+    docs = [d for d in documents(test_files, mix=mix) if len(tokenizer.encode(d).ids) > PROMPT_TOKENS]
+    return [tokenizer.encode(d).ids[:PROMPT_TOKENS] for d in docs[:N_PROMPTS]]
+
+
+code_prompts, doc_prompts = prompts_from("code"), prompts_from("docstrings")
+print(len(test_files), "test files;", len(code_prompts), "code and", len(doc_prompts), "docstring prompts")
+print(repr(tokenizer.decode(code_prompts[0])))
+
+# %% [markdown]
+# ## The metrics
+#
+# Over a generation with `steps` verify forwards, `drafted` draft tokens of which `accepted` were kept:
+#
+# - **acceptance rate** $= \text{accepted} / \text{drafted}$;
+# - **mean acceptance length** $\tau = 1 + \text{accepted} / \text{steps}$: tokens per verify forward, counting the
+#   main model's own token each step (vLLM's definition);
+# - **per-position rate** at draft position $j$: drafts accepted at $j$ / steps that drafted $j$.
+#
+# With $k = 1$, DeepSeek's "85-90% acceptance" means $\tau = 1.85$-$1.9$. The helper below runs several prompts and
+# pools their counters (a ratio of sums, not a mean of ratios).
+
+# %%
+from mtp_lab.decoding import speculative_generate
+
+
+def measure(prompts, num_draft=1, **kwargs):
+    runs = [speculative_generate(model, p, NEW_TOKENS, num_draft=num_draft, **kwargs).stats for p in prompts]
+    accepted, drafted, steps = (sum(getattr(r, name) for r in runs) for name in ("accepted", "drafted", "steps"))
+    per_position = [sum(r.accepted_per_position[j] for r in runs) / max(1, sum(r.drafted_per_position[j] for r in runs))
+                    for j in range(num_draft)]
+    return {"rate": accepted / drafted, "tau": 1 + accepted / steps, "per_position": per_position,
+            "draft_time": sum(r.draft_time_s for r in runs), "verify_time": sum(r.verify_time_s for r in runs),
+            "draft_forwards": sum(r.draft_forwards for r in runs), "main_forwards": sum(r.main_forwards for r in runs),
+            "new_tokens": sum(r.new_tokens for r in runs), "wall": sum(r.wall_time_s for r in runs)}
+
+# %% [markdown]
+# ## Experiment 1: the number of drafts $k$, theory vs measurement
+#
+# If every draft were accepted independently with probability $\alpha$, a step would emit
+# $1 + \alpha + \alpha^2 + \dots + \alpha^k = (1 - \alpha^{k+1}) / (1 - \alpha)$ tokens. We take $\alpha$ from the
+# $k = 1$ run and compare. The course model has $D = 2$ modules; for $k > 2$ the last module is **chained** again,
+# as vLLM and SGLang do, at a position it was never trained for.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+sweep = {k: measure(code_prompts, num_draft=k) for k in (1, 2, 3, 4)}
+alpha = sweep[1]["rate"]
+print(f"alpha (k = 1) = {alpha:.3f}")
+print(" k   tau measured   tau theory   per-position rates")
+for k, m in sweep.items():
+    theory = (1 - alpha ** (k + 1)) / (1 - alpha)
+    print(f" {k}   {m['tau']:12.3f}   {theory:10.3f}   {[round(r, 3) for r in m['per_position']]}")
+
+# %% [markdown]
+# Later positions are accepted less often: a draft at position $j$ is only examined if all earlier ones passed, and
+# each deeper guess is harder (and, beyond $D$, made by a module reused outside its training). The i.i.d. theory,
+# which assumes the same $\alpha$ everywhere, therefore over-estimates $\tau$ for large $k$.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import plotly.graph_objects as go
+
+ks = list(sweep)
+fig = go.Figure([go.Scatter(x=ks, y=[sweep[k]["tau"] for k in ks], name="measured tau", mode="lines+markers"),
+                 go.Scatter(x=ks, y=[(1 - alpha ** (k + 1)) / (1 - alpha) for k in ks], name="i.i.d. theory",
+                            mode="lines+markers", line=dict(dash="dash"))])
+fig.update_layout(xaxis_title="drafts per step k", yaxis_title="tokens per verify forward (tau)", height=350)
+fig
+
+# %% [markdown]
+# ## Experiment 2: temperature
+#
+# Greedy verification accepts a draft when the two argmaxes agree. With sampling, the probability of acceptance is
+# $\sum_x \min(p(x), q(x)) = 1 - \mathrm{TV}(p, q)$ (notebook 06): it rewards a drafter whose whole distribution
+# overlaps the main model's, not only its peak. The two can differ in either direction, so temperature is one of the
+# first things to check when comparing acceptance numbers (DeepSeek did not state the temperature behind its
+# 85-90%). Sampled runs use a fixed seed.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for temperature in (0.0, 0.7, 1.0):
+    m = measure(code_prompts, num_draft=1, temperature=temperature, seed=0)
+    print(f"temperature {temperature}: acceptance rate {m['rate']:.3f}, tau {m['tau']:.3f}")
+
+# %% [markdown]
+# ## Experiment 3: an FP8 drafter
+#
+# `fp8_drafter=True` drafts with a copy whose MTP modules run in simulated FP8 (notebook 05's recipe) while the main
+# model verifies in full precision, so the output is unchanged; only acceptance can move.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+full, fp8 = measure(code_prompts), measure(code_prompts, fp8_drafter=True)
+print(f"full-precision drafter: acceptance {full['rate']:.3f}")
+print(f"FP8 drafter           : acceptance {fp8['rate']:.3f}")
+
+# %% [markdown]
+# ## Experiment 4: the text domain
+#
+# Code has rigid syntax (indentation, brackets, names repeated from a few lines above) but also many fresh
+# identifiers; docstrings are English prose full of stock phrases. Which one is easier to draft depends on the model
+# and the text: measure it rather than assume it. The same held-out files, as code and as their docstrings:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, prompts in (("code", code_prompts), ("docstrings", doc_prompts)):
+    m = measure(prompts, num_draft=2)
+    print(f"{name:10s}: acceptance {m['rate']:.3f}, tau {m['tau']:.3f}, per position {[round(r, 3) for r in m['per_position']]}")
+
+# %% [markdown]
+# ## Experiment 5: MTP vs an n-gram drafter
+#
+# An n-gram ("prompt lookup") drafter has no weights: it finds the last few tokens earlier in the text and proposes
+# what followed them. It costs nothing and shines on repetitive text, but drafts only when the recent tokens
+# occurred before (its acceptance rate counts only the drafts it made). The MTP module guesses from the model's
+# hidden state at every step.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for drafter in ("mtp", "ngram"):
+    m = measure(code_prompts, num_draft=2, drafter=drafter)
+    print(f"{drafter:5s}: acceptance {m['rate']:.3f}, tau {m['tau']:.3f}")
+
+# %% [markdown]
+# ## From $\tau$ to wall-clock speed
+#
+# A step costs one verify forward plus $k$ draft forwards. With $c$ = (time of one draft forward) / (time of one main
+# forward), the expected speed-up over plain decoding is $\tau / (kc + 1)$. On a CPU with this small model the MTP
+# module (one block plus the shared $2048 \times 256$ head) is a sizeable fraction of the main model (four blocks plus
+# the same head), so $c$ is large; in DeepSeek-V3 it is one layer of 62. Timings vary from run to run, so this cell's
+# output is not checked.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from mtp_lab.decoding import generate
+import time
+
+start = time.perf_counter()
+plain_tokens = sum(generate(model, p, NEW_TOKENS).stats.new_tokens for p in code_prompts)
+plain_rate = plain_tokens / (time.perf_counter() - start)
+for k in (1, 2):
+    m = sweep[k]
+    c = (m["draft_time"] / m["draft_forwards"]) / (m["verify_time"] / m["main_forwards"])
+    print(f"k = {k}: c = {c:.2f}, predicted speed-up tau / (kc + 1) = {m['tau'] / (k * c + 1):.2f}, "
+          f"measured {m['new_tokens'] / m['wall'] / plain_rate:.2f}  (plain decoding: {plain_rate:.0f} tokens/s)")
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 1: the i.i.d. formula
+# Return the expected number of tokens per verify forward for acceptance probability `alpha` and `k` drafts.
+
+# %%
+def expected_tokens(alpha, k):
+    # YOUR CODE HERE
+    return None
+
+
+check("expected_tokens", expected_tokens)
+
+# %% [markdown]
+# ### Exercise 2: the metrics from counters
+# Return `(acceptance_rate, tau)` from the counters `accepted`, `drafted`, `steps`.
+
+# %%
+def spec_metrics(accepted, drafted, steps):
+    # YOUR CODE HERE
+    return None
+
+
+check("spec_metrics", spec_metrics)
+
+# %% [markdown]
+# ### Exercise 3: the speed-up
+# Return the expected wall-clock speed-up for acceptance `alpha`, `k` drafts and draft cost `c` (per draft, relative
+# to a main forward), using the i.i.d. formula.
+
+# %%
+def speedup(alpha, k, c):
+    # YOUR CODE HERE
+    return None
+
+
+check("speedup", speedup)
+
+# %% [markdown]
+# ## Summary
+#
+# - Acceptance rate counts accepted drafts per drafted token; $\tau$ counts tokens per verify forward (with the
+#   main model's own token); per-position rates show how fast a chain of drafts decays.
+# - $\tau$ grows with $k$ more slowly than the i.i.d. formula predicts, because deeper drafts are harder and chained
+#   modules run outside their training.
+# - Temperature and text domain move acceptance, in directions worth measuring rather than assuming; an FP8 drafter
+#   (MTP modules in E4M3, verified in full precision) leaves the output unchanged; an n-gram drafter is a free
+#   alternative that works where text repeats.
+# - Wall-clock gain is $\tau/(kc+1)$: cheap drafts matter as much as accurate ones.
+#
+# **Next:** [08 · MTP in the real world](08_real_world.ipynb).
+
+# %% [markdown]
+# ---
+# ## Solutions
+# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+
+# %% [solution]
+# NBVAL_CHECK_OUTPUT
+def expected_tokens(alpha, k):
+    if alpha == 1:
+        return k + 1.0
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+check("expected_tokens", expected_tokens)
+
+# %% [solution]
+# NBVAL_CHECK_OUTPUT
+def spec_metrics(accepted, drafted, steps):
+    return accepted / drafted, 1 + accepted / steps
+
+
+check("spec_metrics", spec_metrics)
+
+# %% [solution]
+# NBVAL_CHECK_OUTPUT
+def speedup(alpha, k, c):
+    return expected_tokens(alpha, k) / (k * c + 1)
+
+
+check("speedup", speedup)
