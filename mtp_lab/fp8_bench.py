@@ -230,6 +230,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint folder for 'acceptance' (default: shipped)")
     p.add_argument("--prompts", type=int, default=16, help="prompts for the generation acceptance")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (1 on a shared CPU: idle threads spin and steal time)")
     p.add_argument("--json", default=None, help="also write all results (loss curves included) to this file")
     p.set_defaults(func=_run)
 
@@ -241,6 +243,10 @@ def _run(args) -> int:
         raise ValueError(f"unknown --parts {unknown or parts}; choose from {','.join(PARTS)}")
     if min(args.steps, args.batch_size, args.seq_len, args.cost_rounds, args.prompts, args.new_tokens) <= 0:
         raise ValueError("--steps, --batch-size, --seq-len, --cost-rounds, --prompts and --new-tokens must be > 0")
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise ValueError(f"--threads must be > 0, got {args.threads}")
+        torch.set_num_threads(args.threads)
     results, corpus = {}, None
     if {"cost", "train"} & set(parts):
         from .data import build_corpus
