@@ -6,7 +6,7 @@
 # - the two reasons it matters: a denser training signal, and a built-in drafter for speculative decoding;
 # - how this course is organised, and how its exercises and checks work.
 #
-# **Time:** about 10 minutes of reading; the notebook runs in about 10 s on 2 CPU cores.
+# **Time:** about 10 minutes of reading; the notebook runs in about 15 s on 2 CPU cores.
 #
 # **You need:** to know what a decoder-only transformer is (embedding, blocks, output head, next-token loss).
 
@@ -87,18 +87,21 @@ for i in range(len(words) - 3):
 #
 # | notebook | you learn | CPU time (2 cores) |
 # |---|---|---|
-# | 00 Welcome | what MTP is, the course's tools | ~10 s |
-# | 01 The main model | tokens, embedding, blocks, head; next-token prediction with the shipped model | ~30 s |
+# | 00 Welcome | what MTP is, the course's tools | ~15 s |
+# | 01 The main model | tokens, embedding, blocks, head; next-token prediction with the shipped model | ~10 s |
 # | 02 RMSNorm | the formula, vs torch and LayerNorm, its statistics | ~20 s |
-# | 03 The MTP module | equations (21)-(23) with shapes, the one-token shift, [e; h] vs [h; e] | ~30 s |
-# | 04 Training with MTP | loss (24)-(25), target alignment, the lambda schedule, a live run | ~60 s |
-# | 05 FP8 mixed precision | E4M3, tile/block scaling, accumulation, FP8Linear | ~40 s |
-# | 06 Speculative decoding | draft, verify, accept; exactness checked empirically | ~40 s |
-# | 07 The acceptance lab | what moves acceptance: k, temperature, depth, FP8, domain | ~60 s |
-# | 08 MTP in the real world | DeepSeek-V3's checkpoint, vLLM/SGLang, the peers, a FAQ | ~20 s |
+# | 03 The MTP module | equations (21)-(23) with shapes, the one-token shift, [e; h] vs [h; e] | ~20 s |
+# | 04 Training with MTP | loss (24)-(25), target alignment, the lambda schedule, a live run | ~40 s |
+# | 05 FP8 mixed precision | E4M3, tile/block scaling, accumulation, FP8Linear | ~35 s |
+# | 06 Speculative decoding | draft, verify, accept; exactness checked empirically | ~30 s |
+# | 07 The acceptance lab | what moves acceptance: k, temperature, depth, FP8, domain | ~55 s |
+# | 08 MTP in the real world | DeepSeek-V3's checkpoint, vLLM/SGLang, the peers, a FAQ | ~10 s |
 #
-# Each notebook lists its own goals and time at the top. The times are for running all cells; reading and the
-# exercises take longer. With a GPU the training cells run faster, nothing else changes.
+# Each notebook lists its own goals and time at the top. The times are for running all cells (measured on 2 busy
+# CPU cores, all nine in about 4 minutes); reading and the exercises take 20-45 minutes per notebook. With a CUDA
+# GPU the same cells run on it (the model goes to `device`); GPU times were not measured for this release: expect
+# the training cells of 04 and 05 to gain most, since batch-1 decoding of a 3.6M-parameter model is dominated by
+# Python overhead on any device.
 
 # %% [markdown]
 # ## How the exercises work

@@ -8,7 +8,7 @@
 # - DeepSeek-V3's $\lambda$ schedule (0.3, then 0.1);
 # - a short live training run with the training monitor, and the same run without MTP.
 #
-# **Time:** about 30 minutes; the notebook runs in about 60 s on 2 CPU cores (the runs are tiny; the shipped model
+# **Time:** about 30 minutes; the notebook runs in about 40 s on 2 CPU cores (the runs are tiny; the shipped model
 # was trained with the same `Trainer` for much longer: `mtp-lab train --preset course`).
 
 # %%
@@ -103,7 +103,8 @@ for progress in (0.0, 0.5, 0.675, 0.676, 1.0):
 #
 # The `Trainer` (AdamW, warmup then cosine decay, gradient clipping, the $\lambda$ schedule, periodic evaluation)
 # trains on the Python standard library. Here a small model on a slice of the corpus, for a few dozen steps, with
-# the shipped tokenizer. The monitor shows the main loss and each depth's loss as they come.
+# the shipped tokenizer. The monitor shows the total, main and depth-1 losses as they come, validation points,
+# and the $\lambda$ and learning-rate schedules.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -115,13 +116,15 @@ print({split: len(stream) for split, stream in corpus.splits.items()}, "tokens p
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from mtp_lab.train import History, ProgressBar, TrainConfig, Trainer
+from mtp_lab.train import History, TrainConfig, Trainer
+from mtp_lab.viz import training_monitor
 
 small = get_preset("course", d_model=128, n_layers=2, n_heads=4, d_ff=344, max_seq_len=64, mtp_depth=1)
 train_cfg = TrainConfig(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup=4, eval_interval=10, eval_batches=4,
                         precision="fp32", seed=0)
-with_mtp = History()
-trainer = Trainer(small, train_cfg, corpus, callbacks=[with_mtp, ProgressBar()], device=device)
+with_mtp, monitor = History(), training_monitor()
+display(monitor)                      # shown before fit(), so it updates live while the model trains
+trainer = Trainer(small, train_cfg, corpus, callbacks=[with_mtp, monitor], device=device)
 trainer.fit()
 
 # %% [markdown]

@@ -9,7 +9,7 @@
 #   and an MTP drafter vs a weight-free n-gram drafter;
 # - from $\tau$ to wall-clock speed-up: $\tau / (kc + 1)$, with $c$ the draft's cost.
 #
-# **Time:** about 45 minutes; the notebook runs in about 60 s on 2 CPU cores (each experiment decodes a few short
+# **Time:** about 45 minutes; the notebook runs in about 55 s on 2 CPU cores (each experiment decodes a few short
 # held-out snippets; raise `N_PROMPTS` and `NEW_TOKENS` for tighter numbers).
 
 # %%
