@@ -1,12 +1,13 @@
 """The views in a real browser: JupyterLab on loopback, headless Chromium driven by playwright.
 
-Opens the course notebook 02_rmsnorm.ipynb when it shows the RMSNorm dashboard (else a small generated
-notebook with a random model, the RMSNorm dashboard and the speculative-decoding dashboard), runs all
-cells, checks that the plotly figures and the widgets rendered, moves the eps slider with the keyboard
-and checks that the kernel redrew the figure (and, in the small notebook, steps and plays the
-speculative decoder with its buttons). The screenshot goes to artifacts/ (git-ignored).
-
-Skips when Debian's chromium (/usr/bin/chromium) is missing, unless MTP_LAB_REQUIRE_BROWSER=1 (CI).
+1. The course notebook 02_rmsnorm.ipynb (the shipped model), copied to a temporary folder, or a small
+   generated stand-in while that notebook has no dashboard: run all cells, check that the RMSNorm
+   dashboard's plotly figure and widgets rendered, move the eps slider with the keyboard and check that
+   the kernel recomputed and redrew the figure.
+2. A small generated notebook with the live speculative-decoding dashboard (random tiny model): press
+   "step" twice and "play", check the marked text, the status and the figure.
+Screenshots go to artifacts/ (git-ignored). Skips when Debian's chromium (/usr/bin/chromium) is missing,
+unless MTP_LAB_REQUIRE_BROWSER=1 (CI), where that is a failure.
 """
 
 import json
@@ -38,9 +39,7 @@ LAB_SETTINGS = {
                                                                        "checkForUpdates": False},
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
 }
-SMOKE_CELLS = [
-    # a random model and a byte-level tokenizer: the browser test checks the plumbing, not the weights
-    """import torch
+SETUP = """import torch
 from mtp_lab import MTPModel, get_preset
 import mtp_lab.viz as viz
 
@@ -49,10 +48,10 @@ class ByteTokenizer:
     def decode(self, ids): return bytes(ids).decode("utf-8", errors="replace")
 
 torch.manual_seed(0)
-model, tokenizer = MTPModel(get_preset("tiny", vocab_size=256)).eval(), ByteTokenizer()""",
-    'dash = viz.rmsnorm_dashboard(model, tokenizer, prompt="def f(x):\\n    return x")\ndash',
-    'spec = viz.speculative_dashboard(model, tokenizer, prompt="x = ", max_new_tokens=12)\nspec',
-]
+model, tokenizer = MTPModel(get_preset("tiny", vocab_size=256)).eval(), ByteTokenizer()"""
+# a random model and a byte-level tokenizer: these check the plumbing, not the weights
+RMSNORM_CELLS = [SETUP, 'viz.rmsnorm_dashboard(model, tokenizer, prompt="def f(x):\\n    return x")']
+SPECULATIVE_CELLS = [SETUP, 'viz.speculative_dashboard(model, tokenizer, prompt="x = ", max_new_tokens=12)']
 
 
 def require_browser():
@@ -70,21 +69,23 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def notebook(tmp_path) -> Path:
-    """The course notebook if it shows the RMSNorm dashboard, else the small generated one."""
+def root(tmp_path) -> Path:
+    """The served folder: rmsnorm.ipynb (the course notebook, or a stand-in) and speculative.ipynb."""
+    root = tmp_path / "root"
+    root.mkdir()
     if COURSE_NOTEBOOK.exists() and "rmsnorm_dashboard(" in COURSE_NOTEBOOK.read_text():
-        return COURSE_NOTEBOOK
-    (tmp_path / "root").mkdir()
-    path = tmp_path / "root" / "viz_smoke.ipynb"
-    write_notebook(path, SMOKE_CELLS)
-    return path
+        shutil.copy(COURSE_NOTEBOOK, root / "rmsnorm.ipynb")
+    else:
+        write_notebook(root / "rmsnorm.ipynb", RMSNORM_CELLS)
+    write_notebook(root / "speculative.ipynb", SPECULATIVE_CELLS)
+    return root
 
 
 @pytest.fixture
-def lab(tmp_path, notebook):
-    """A JupyterLab server on loopback serving the notebook's folder; yields (base url, token)."""
+def lab(tmp_path, root):
+    """A JupyterLab server on loopback serving `root`; yields (base url, token)."""
     require_browser()
-    root, settings, runtime = notebook.parent, tmp_path / "settings", tmp_path / "runtime"
+    settings, runtime = tmp_path / "settings", tmp_path / "runtime"
     for name, value in LAB_SETTINGS.items():
         path = settings / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,14 +139,27 @@ KNEE_X = """() => {  // x of the dashed r = sqrt(eps) line of the RMSNorm figure
 }"""
 
 
-def test_dashboards_render_and_respond_in_jupyterlab(lab, notebook):
+def run_all(page, url: str, token: str, path: Path) -> None:
+    """Open a notebook, wait for its kernel, Run All Cells, wait until every visible code cell has run."""
+    from playwright.sync_api import expect
+
+    cells = nbformat.read(path, as_version=4).cells
+    # code cells whose input shows (collapsed solution cells show a placeholder without a prompt number)
+    n_code = sum(c.cell_type == "code" and not c.metadata.get("jupyter", {}).get("source_hidden") for c in cells)
+    page.goto(f"{url}/lab/tree/{path.name}?token={token}&reset")
+    page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputArea")
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle")
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    prompts = page.locator(".jp-CodeCell .jp-InputPrompt:not(.jp-Placeholder-prompt)")
+    for i in range(n_code):
+        expect(prompts.nth(i)).to_have_text(re.compile(r"\[\d+\]:"))
+
+
+def test_dashboards_render_and_respond_in_jupyterlab(lab, root):
     from playwright.sync_api import expect, sync_playwright
 
     url, token = lab
-    smoke = notebook.name == "viz_smoke.ipynb"
-    cells = nbformat.read(notebook, as_version=4).cells
-    # code cells whose input shows (collapsed solution cells show a placeholder without a prompt number)
-    n_code = sum(c.cell_type == "code" and not c.metadata.get("jupyter", {}).get("source_hidden") for c in cells)
     expect.set_options(timeout=60_000)         # a cold kernel imports torch and plotly first
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -153,15 +167,8 @@ def test_dashboards_render_and_respond_in_jupyterlab(lab, notebook):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
-            page.goto(f"{url}/lab/tree/{notebook.name}?token={token}&reset")
-            page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputArea")
-            expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle")
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-            prompts = page.locator(".jp-CodeCell .jp-InputPrompt:not(.jp-Placeholder-prompt)")
-            for i in range(n_code):
-                expect(prompts.nth(i)).to_have_text(re.compile(r"\[\d+\]:"))
-            # the RMSNorm dashboard: figure drawn by plotly.js, controls by the ipywidgets manager
+            # 1. RMSNorm statistics: the figure drawn by plotly.js, the controls by the ipywidgets manager
+            run_all(page, url, token, root / "rmsnorm.ipynb")
             dash = page.locator(".jp-OutputArea-output", has=page.locator(".widget-html-content", has_text="knee at"))
             expect(dash.locator(".js-plotly-plot .main-svg").first).to_be_visible()
             expect(dash.locator(".widget-dropdown select")).to_be_visible()
@@ -176,23 +183,21 @@ def test_dashboards_render_and_respond_in_jupyterlab(lab, notebook):
             expect(status).to_contain_text("eps = 1.8e-06")
             page.wait_for_function(f"({KNEE_X})()[0] > 1.2e-3", polling=250)
             assert page.evaluate(KNEE_X)[0] == pytest.approx(10 ** (-5.75 / 2), rel=1e-6)
-            if smoke:
-                stderr = "application/vnd.jupyter.stderr"
-                assert not page.locator(f".jp-OutputArea-output[data-mime-type='{stderr}']").count()
-                # the speculative dashboard: its buttons run kernel handlers that redraw text, table, figure
-                spec = page.locator(".jp-OutputArea-output", has=page.get_by_role("button", name="step"))
-                spec.get_by_role("button", name="step").click()
-                spec.get_by_role("button", name="step").click()
-                spec_status = spec.locator(".widget-html-content", has_text="main forwards")
-                expect(spec_status).to_contain_text("2 main forwards")
-                expect(spec.locator("span[title='accepted'], span[title='corrected']").first).to_be_visible()
-                spec.get_by_role("button", name="play").click()
-                expect(spec_status).to_contain_text("finished")
-                expect(spec.locator(".js-plotly-plot .main-svg").first).to_be_visible()
             dash.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "viz_browser.png"))
-            if smoke:
-                spec.scroll_into_view_if_needed()
-                page.screenshot(path=str(ARTIFACTS / "viz_browser_speculative.png"))
+            # 2. live speculative decoding: buttons run kernel handlers that redraw text, table and figure
+            run_all(page, url, token, root / "speculative.ipynb")
+            assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
+            spec = page.locator(".jp-OutputArea-output", has=page.get_by_role("button", name="step"))
+            expect(spec.locator(".js-plotly-plot .main-svg").first).to_be_visible()
+            spec.get_by_role("button", name="step").click()
+            spec.get_by_role("button", name="step").click()
+            spec_status = spec.locator(".widget-html-content", has_text="main forwards")
+            expect(spec_status).to_contain_text("2 main forwards")
+            expect(spec.locator("span[title='accepted'], span[title='corrected']").first).to_be_visible()
+            spec.get_by_role("button", name="play").click()
+            expect(spec_status).to_contain_text("finished")
+            spec.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "viz_browser_speculative.png"))
         finally:
             browser.close()
