@@ -141,8 +141,9 @@ def test_load_pretrained_checks_tokenizer(saved):
 
 # Floors for the shipped model on a fixed held-out sample: tests/data/heldout_timeit.txt is the standard
 # library's timeit.py, a TEST-split file (split_of("timeit.py") == "test"), so it was never trained on.
-# Measured values are in assets/MODEL_CARD.md; the floors sit a few points below them.
-HELDOUT_FLOORS = {"main_acc": 0.18, "acc": [0.18, 0.18], "agree": [0.55, 0.55]}
+# Measured on it (assets/MODEL_CARD.md): main top-1 0.332, depth-1/2 top-1 0.323/0.345, agreement
+# 0.583/0.570; the floors sit 5-8 points below.
+HELDOUT_FLOORS = {"main_acc": 0.28, "acc": [0.27, 0.29], "agree": [0.50, 0.50]}
 
 
 def test_shipped_model_beats_accuracy_floors_on_heldout_sample():
