@@ -99,10 +99,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     if missing or unexpected:
         raise CheckpointError(f"{path}: tensors do not match {directory / CONFIG_FILE}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, t in state.items():
-        if t.shape != expected[name].shape:
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)} but the config "
-                                  f"({directory / CONFIG_FILE}) implies {tuple(expected[name].shape)}")
+    for name, want in expected.items():                 # model order: the first mismatch reported is stable
+        if state[name].shape != want.shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(state[name].shape)} but the config "
+                                  f"({directory / CONFIG_FILE}) implies {tuple(want.shape)}")
     model.load_state_dict(state)
     return model.to(device=device, dtype=dtype)
 
