@@ -104,8 +104,10 @@ print(f"cross-entropy {loss.item():.3f} nats per token, perplexity {loss.exp().i
 # ## Looking further ahead: the MTP modules
 #
 # The full forward also returns the MTP modules' logits: depth 1 at position $i$ predicts $t_{i+2}$, depth 2 predicts
-# $t_{i+3}$. How often is each right on a longer piece of held-out-style code? (Guessing further ahead is harder;
-# how much harder decides how useful the modules are as drafters, notebook 06.)
+# $t_{i+3}$. They are not guessing blind: depth 1 also embeds the true $t_{i+1}$ (depth 2 the true $t_{i+2}$), so
+# its task is the main model's task one position later, done with one extra block on top of the main model's state
+# instead of the whole model. How often is each right on a longer piece of code? (How close the modules come to the
+# main model decides how useful they are as drafters, notebook 06.)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -177,8 +179,8 @@ check("block_params", block_params)
 #
 # - Text -> byte-level BPE ids -> embedding $(B, T, d)$ -> $L$ pre-norm blocks -> final RMSNorm -> head $(B, T, V)$.
 # - `logits[:, i]` scores $t_{i+1}$; the loss is the cross-entropy against the next tokens.
-# - The MTP modules reuse this machinery to guess $t_{i+2}$, $t_{i+3}$: less accurately, but often enough to be
-#   useful. How they are built is the topic of notebooks 02 and 03.
+# - The MTP modules reuse this machinery (and the true tokens up to $t_{i+k}$) to predict $t_{i+2}$, $t_{i+3}$, with
+#   one block each. How they are built is the topic of notebooks 02 and 03.
 #
 # **Next:** [02 · RMSNorm](02_rmsnorm.ipynb).
 
