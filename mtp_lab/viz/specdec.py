@@ -13,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 from plotly.subplots import make_subplots
 
 from ..decoding import GenerationStats, speculative_steps
@@ -145,8 +144,9 @@ class SpeculativeDashboard(Dashboard):
                                                             "Acceptance per draft position"))
         fig.add_bar(name="q_j(d_j) drafter", row=1, col=1, marker_color="#9e9ac8")
         fig.add_bar(name="p_j(d_j) target", row=1, col=1, marker_color="#3182bd")
-        fig.add_scatter(name="tau = 1 + accepted/steps", mode="lines+markers", row=1, col=2)
-        fig.add_bar(name="accepted at j / drafted at j", row=1, col=3, marker_color="#74c476")
+        # positions 1, 2, ... come from x0/dx: only y changes as tokens arrive
+        fig.add_scatter(name="tau = 1 + accepted/steps", mode="lines+markers", x0=1, dx=1, row=1, col=2)
+        fig.add_bar(name="accepted at j / drafted at j", x0=1, dx=1, row=1, col=3, marker_color="#74c476")
         fig.update_yaxes(range=[0, 1.05], row=1, col=1)
         fig.update_yaxes(range=[0, 1.05], row=1, col=3)
         fig.update_xaxes(title_text="drafting step", row=1, col=2)
@@ -228,8 +228,8 @@ class SpeculativeDashboard(Dashboard):
             labels = [f"{r['j']}: {r['token']!r}" for r in rows]
             self.fig.data[0].x, self.fig.data[0].y = labels, [r["q"] for r in rows]
             self.fig.data[1].x, self.fig.data[1].y = labels, [r["p"] for r in rows]
-            self.fig.data[2].x, self.fig.data[2].y = np.arange(1, len(tau) + 1), tau
-            self.fig.data[3].x, self.fig.data[3].y = np.arange(1, len(per_pos) + 1), per_pos
+            self.fig.data[2].y = tau
+            self.fig.data[3].y = per_pos
         self.text.value = tokens_html(segments)
         self.table.value = rows_html(rows)
         done = f" · finished ({st.stop_reason})" if st.done else ""
