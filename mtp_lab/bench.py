@@ -100,12 +100,15 @@ def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: 
         run(name, k, prompts[0], min(8, new_tokens))
     stats = {c: [] for c in configs}
     identical = {c: 0 for c in configs}
+    cpu = {c: 0.0 for c in configs}          # process CPU seconds: the load-independent measure on a shared machine
     for i, prompt in enumerate(prompts):
         if progress is not None:
             progress(f"prompt {i + 1}/{len(prompts)}")
         ref = None
         for name, k in configs:
+            c0 = time.process_time()
             out = run(name, k, prompt, new_tokens)
+            cpu[(name, k)] += time.process_time() - c0
             if ref is None:                                   # the AR output, first in every round
                 ref = out
             stats[(name, k)].append(out.stats)
@@ -121,6 +124,7 @@ def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: 
         rows.append({
             "drafter": name, "k": k, "prompts": len(prompts), "new_tokens": s.new_tokens,
             "tokens_per_s": tps, "speedup": tps / ar.tokens_per_second,
+            "cpu_s": cpu[(name, k)], "cpu_speedup": cpu[("ar", 0)] / cpu[(name, k)],
             "tau": s.mean_acceptance_length if k else 1.0, "acceptance_rate": s.acceptance_rate if k else None,
             "per_position": s.per_position, "tokens_per_main_forward": s.tokens_per_main_forward,
             "main_forwards": F, "draft_forwards": s.draft_forwards, "drafting_steps": s.steps,
@@ -173,7 +177,7 @@ def _json_safe(x):
 def format_table(rows: list[dict]) -> str:
     kmax = max(r["k"] for r in rows)
     head = (f"{'drafter':8} {'k':>2} {'tau':>5} {'acc':>5} " + " ".join(f"{'p' + str(j + 1):>5}" for j in range(kmax))
-            + f" {'tok/F':>5} {'tok/s':>7} {'speedup':>7} {'sp/tau':>6} {'draft':>6} {'verify':>6} {'ovh':>5}  same")
+            + f" {'tok/F':>5} {'tok/s':>7} {'speedup':>7} {'cpu sp':>6} {'sp/tau':>6} {'draft':>6} {'verify':>6} {'ovh':>5}  same")
     lines = [head, "-" * len(head)]
     for r in rows:
         pos = [r["per_position"][j] if j < len(r["per_position"]) else None for j in range(kmax)]
@@ -181,11 +185,11 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"{r['drafter']:8} {r['k']:>2} {_fmt(r['tau'], '5.2f')} {_fmt(r['acceptance_rate'], '5.2f')} "
             + " ".join(_fmt(p, "5.2f") for p in pos)
-            + f" {r['tokens_per_main_forward']:5.2f} {r['tokens_per_s']:7.1f} {r['speedup']:6.2f}x"
+            + f" {r['tokens_per_main_forward']:5.2f} {r['tokens_per_s']:7.1f} {r['speedup']:6.2f}x {r['cpu_speedup']:5.2f}x"
             + f" {r['speedup_over_tau']:6.2f} {ms['draft']:6.2f} {ms['verify']:6.2f} {ms['overhead']:5.2f}"
             + f"  {_fmt(r['identical_to_ar'], 'd', 1)}/{r['prompts']}")
     lines.append("tau = 1 + accepted/drafting steps; pj = acceptance at draft position j; tok/F = tokens per "
-                 "main forward; draft/verify/ovh = ms per main forward (AR: ms per token = "
+                 "main forward; cpu sp = speedup in process CPU time; draft/verify/ovh = ms per main forward (AR: ms per token = "
                  f"{rows[0]['ms_per_main_forward']['ar_token']:.2f}); same = outputs identical to AR")
     return "\n".join(lines)
 
@@ -205,7 +209,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
-    p.add_argument("--json", default="bench_speculative.json", help="where to write the results")
+    p.add_argument("--json", default="artifacts/bench_speculative.json", help="where to write the results")
     p.set_defaults(func=_run)
 
 

@@ -23,7 +23,7 @@ def test_bench_command_writes_a_consistent_table(tmp_path, capsys):
     rows = {(r["drafter"], r["k"]): r for r in result["rows"]}
     # tiny has D = 2: pre-norm recycling only differs (and only runs) for k > D
     assert set(rows) == {("ar", 0), ("mtp", 1), ("mtp", 3), ("mtp-pre", 3), ("ngram", 1), ("ngram", 3)}
-    assert rows[("ar", 0)]["speedup"] == pytest.approx(1.0)
+    assert rows[("ar", 0)]["speedup"] == pytest.approx(1.0) and rows[("ar", 0)]["cpu_speedup"] == pytest.approx(1.0)
     for r in result["rows"]:
         assert r["new_tokens"] == 2 * 10
         assert r["identical_to_ar"] == 2                 # greedy speculative decoding is lossless
