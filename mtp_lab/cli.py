@@ -8,7 +8,7 @@ import json
 import sys
 
 # subcommand modules, in the order `mtp-lab --help` lists them
-SUBCOMMAND_MODULES = ["mtp_lab.cli", "mtp_lab.fp8_bench", "mtp_lab.train_cli", "mtp_lab.bench"]
+SUBCOMMAND_MODULES = ["mtp_lab.cli", "mtp_lab.fp8_bench", "mtp_lab.train_cli", "mtp_lab.distill", "mtp_lab.bench"]
 
 
 def register(subparsers) -> None:

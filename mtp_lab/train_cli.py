@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import ModelConfig, get_preset
@@ -20,6 +23,7 @@ TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seq_len": "seq_len
                "eval_batches": "eval_batches", "save_interval": "save_interval", "precision": "precision",
                "seed": "seed", "grad_clip": "grad_clip", "weight_decay": "weight_decay"}
 TEST_EVAL_BATCHES = 64    # test-split windows scored for an exported model: 64 x batch_size sequences
+ACCEPT_PROMPTS = 8        # test-split prompts for the greedy acceptance recorded in metrics.json
 
 
 def register(subparsers) -> None:
@@ -55,6 +59,9 @@ def register(subparsers) -> None:
                                                 "standard library)")
     p.add_argument("--mix", choices=["code", "docstrings", "both"], default="both", help="corpus documents")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--distill-steps", type=int, default=0,
+                   help="after training, self-distil the MTP modules toward the frozen main model for this many "
+                        "steps before --export (mtp_lab.distill; 0 = off). The --out checkpoint stays undistilled")
     if "fp8" in {f.name for f in dataclasses.fields(ModelConfig)}:
         p.add_argument("--fp8", choices=["none", "main", "mtp", "all"], default=None,
                        help="run these block linears in simulated FP8 (ModelConfig.fp8)")
@@ -64,6 +71,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from .checkpoint import TRAINER_FILE, load_config
     from .data import DEFAULT_TOKENIZER, build_corpus
+    from .distill import DistillConfig, distill
     from .train import ProgressBar, TrainConfig, Trainer
 
     if args.threads:
@@ -100,32 +108,74 @@ def run(args) -> int:
               f"(main+shared {counts['main_with_shared']:,}, mtp {counts['mtp']:,}); train "
               f"{len(corpus.splits['train']):,} tokens, world {trainer.world}, bf16 {trainer.autocast}, "
               f"threads {torch.get_num_threads()}", flush=True)
+    if args.distill_steps and not args.export:
+        raise ValueError("--distill-steps changes the exported model only: give --export DIR as well")
+    distill_cfg = None
+    if args.distill_steps:
+        distill_cfg = DistillConfig(steps=args.distill_steps, seq_len=train_cfg.seq_len,
+                                    prompt_len=min(DistillConfig.prompt_len, train_cfg.seq_len // 4))
     trainer.fit(out)
     if trainer.is_main and args.export:
-        export(trainer, Path(args.export), getattr(torch, args.export_dtype))
+        extra = {}
+        if distill_cfg is not None:
+            if torch.distributed.is_initialized():       # the other ranks are done: rank 0 may use their cores
+                torch.set_num_threads(max(torch.get_num_threads(), min(trainer.world, os.cpu_count() or 1)))
+            t0 = time.perf_counter()
+            records = distill(trainer.model, corpus, distill_cfg)
+            extra = {"distill_config": dataclasses.asdict(distill_cfg),
+                     "distill_seconds": round(time.perf_counter() - t0, 1), "distill_final_loss": records[-1]["loss"]}
+        export(trainer, Path(args.export), getattr(torch, args.export_dtype), extra)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
 
 
-def export(trainer, directory: Path, dtype: torch.dtype) -> None:
+def export(trainer, directory: Path, dtype: torch.dtype, extra: dict | None = None) -> None:
     """Write the model in `dtype`, reload it as load_pretrained does, and record its val/test metrics."""
-    from .checkpoint import load_pretrained, save_model
-    from .data import atomic_write_bytes, eval_batches
-    from .train import evaluate, format_eval
+    from .checkpoint import save_model
 
     cfg = trainer.cfg
     tokens_per_s = trainer.step * cfg.batch_size * cfg.seq_len * trainer.world / max(trainer.elapsed, 1e-9)
     save_model(directory, trainer.model, trainer.corpus.tokenizer, dtype=dtype,
                metadata={"train_config": cfg.to_dict(), "train_seconds": round(trainer.elapsed, 1),
-                         "tokens_per_second": round(tokens_per_s, 1), "world_size": trainer.world})
+                         "tokens_per_second": round(tokens_per_s, 1), "world_size": trainer.world,
+                         **(extra or {})})
+    write_metrics(directory, trainer.corpus, cfg.batch_size, cfg.seq_len, trainer.step)
+
+
+def greedy_acceptance(model, test: "np.ndarray", prompts: int = ACCEPT_PROMPTS, prompt_len: int = 64,
+                      new_tokens: int = 128) -> dict:
+    """First-draft acceptance of greedy speculative decoding (k = 1, MTP drafter) on test-split prompts."""
+    from .bench import merge
+    from .decoding import speculative_generate
+
+    prompt_len = min(prompt_len, model.config.max_seq_len // 4)     # room for new tokens in small models
+    starts = np.linspace(0, len(test) - prompt_len - 1, prompts).astype(np.int64)
+    stats = merge([speculative_generate(model, [int(t) for t in test[s:s + prompt_len]], new_tokens,
+                                        num_draft=1).stats for s in starts])
+    return {"k": 1, "prompts": prompts, "prompt_len": prompt_len, "new_tokens": new_tokens,
+            "acceptance_rate": stats.acceptance_rate, "mean_acceptance_length": stats.mean_acceptance_length}
+
+
+def write_metrics(directory: Path, corpus, batch_size: int, seq_len: int, step: int) -> dict:
+    """Reload `directory` as load_pretrained does; write metrics.json: val/test losses, accuracies, agreement,
+    and (with MTP modules) greedy first-draft acceptance on the test split."""
+    from .checkpoint import load_pretrained
+    from .data import atomic_write_bytes, eval_batches
+    from .train import evaluate, format_eval
+
     model, _ = load_pretrained(directory)
-    metrics = {split: evaluate(model, eval_batches(trainer.corpus.splits[split], TEST_EVAL_BATCHES,
-                                                   cfg.batch_size, cfg.seq_len))
+    metrics = {split: evaluate(model, eval_batches(corpus.splits[split], TEST_EVAL_BATCHES, batch_size, seq_len))
                for split in ("val", "test")}
+    if len(model.mtp):
+        metrics["greedy_acceptance"] = greedy_acceptance(model, corpus.splits["test"])
     atomic_write_bytes(directory / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
-    for split, result in metrics.items():
-        print(f"exported {directory}: " + format_eval(trainer.step, result, split), flush=True)
+    for split in ("val", "test"):
+        print(f"exported {directory}: " + format_eval(step, metrics[split], split), flush=True)
+    if "greedy_acceptance" in metrics:
+        print(f"greedy first-draft acceptance (test prompts, k=1): "
+              f"{metrics['greedy_acceptance']['acceptance_rate']:.3f}", flush=True)
+    return metrics
 
 
 if __name__ == "__main__":

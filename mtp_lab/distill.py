@@ -1,0 +1,194 @@
+"""Drafter self-distillation: align the MTP modules with the main model they draft for.
+
+Greedy speculative decoding keeps a draft iff it equals the MAIN model's argmax, not the true next token.
+The MTP loss (report eq. 24) trains depth k toward the true token t_{i+k+1}; at inference what matters is
+agreement with the main model's own prediction of that token, on the main model's own outputs. This stage
+closes that gap, as serving stacks do for their drafters (EAGLE, Medusa-2 "self-distillation"):
+
+  1. the main model, frozen, writes greedy continuations of prompts from the TRAIN split (batched, cached);
+  2. only the MTP modules learn (enorm, hnorm, eh_proj, block, shared_head.norm); the embedding and the
+     output head are shared with the main model, so they stay frozen too;
+  3. depth k at position i is trained toward the main model's distribution at position i+k (both
+     predict t_{i+k+1}), on batches of half natural text and half generated text:
+
+        L^k_distill = -1/(T-k) * sum_i sum_v P_main(v | t_0..t_{i+k}) * log P^k_i(v)
+
+The main model's weights stay bit-identical, so every decoding output is unchanged (speculative decoding
+stays lossless); only the acceptance rate moves. DeepSeek-V3 does not do this: its MTP modules come
+straight from pre-training with the MTP loss. `mtp-lab distill` runs it on a saved model; `mtp-lab train
+--distill-steps N` runs it at the end of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Corpus, sample_batch
+from .model import MTPModel
+
+
+@dataclass
+class DistillConfig:
+    steps: int = 300                  # optimizer steps on the MTP modules
+    lr: float = 1e-3                  # peak learning rate (linear warmup, then cosine decay to 0)
+    warmup: int = 20                  # warmup steps
+    batch_size: int = 16              # sequences per step
+    seq_len: int = 128                # tokens per sequence (<= max_seq_len)
+    generated: int = 512              # greedy continuations written by the main model before training
+    prompt_len: int = 32              # train-split tokens that start each continuation
+    generated_fraction: float = 0.5   # share of each batch taken from the continuations (rest: natural text)
+    grad_clip: float = 1.0            # max gradient norm of the MTP parameters
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "generated", "prompt_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DistillConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.generated_fraction <= 1.0:
+            raise ValueError(f"generated_fraction must lie in [0, 1], got {self.generated_fraction}")
+        if self.prompt_len >= self.seq_len:
+            raise ValueError(f"prompt_len ({self.prompt_len}) must be shorter than seq_len ({self.seq_len})")
+
+
+@torch.inference_mode()
+def greedy_continuations(model: MTPModel, prompts: torch.Tensor, total_len: int, batch: int = 64
+                         ) -> torch.Tensor:
+    """prompts (N, P) -> (N, total_len): each prompt followed by the main model's greedy continuation.
+
+    Batched autoregressive decoding with a KV cache; row i equals generate(model, prompts[i], ...).
+    """
+    if total_len > model.config.max_seq_len:
+        raise ValueError(f"total_len {total_len} exceeds max_seq_len {model.config.max_seq_len}")
+    out = []
+    for rows in prompts.split(batch):                                           # (b, P)
+        cache = model.new_cache(batch=rows.shape[0])
+        seq, feed = [rows], rows
+        for _ in range(total_len - rows.shape[1]):
+            logits, _ = model.forward_main(feed, cache)                           # (b, T, V)
+            feed = logits[:, -1].argmax(-1, keepdim=True)                         # (b, 1)
+            seq.append(feed)
+        out.append(torch.cat(seq, dim=1))                                         # (b, total_len)
+    return torch.cat(out)
+
+
+def distill_losses(model: MTPModel, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """[L^1..L^D]: cross-entropy from the frozen main model's distribution to each depth's (module docstring)."""
+    with torch.no_grad():
+        logits, h = model.forward_main(tokens)                                    # (B, T, V), (B, T, C)
+        teacher = F.softmax(logits.float(), dim=-1)
+    losses = []
+    for k in range(1, len(model.mtp) + 1):
+        h = h[:, :-1]                                                             # (B, T-k, C)
+        logits_k, h = model.forward_mtp(k, h, tokens[:, k:])                      # (B, T-k, V)
+        # depth k at i and the main model at i+k both predict t_{i+k+1}
+        losses.append(-(teacher[:, k:] * F.log_softmax(logits_k.float(), dim=-1)).sum(-1).mean())
+    return losses
+
+
+def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool = True) -> list[dict]:
+    """Self-distil the MTP modules of `model` in place (main model frozen). Returns one record per step."""
+    if len(model.mtp) == 0:
+        raise ValueError("the model has no MTP modules (mtp_depth = 0): there is no drafter to distil")
+    if cfg.seq_len > model.config.max_seq_len:
+        raise ValueError(f"seq_len {cfg.seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
+    train = corpus.splits["train"]
+    rng = np.random.default_rng([cfg.seed, 7])
+    was_training = model.training
+    model.eval()
+    prompts, _ = sample_batch(train, cfg.generated, cfg.prompt_len, rng)         # (N, P)
+    t0 = time.perf_counter()
+    generated = greedy_continuations(model, prompts, cfg.seq_len).clone()         # (N, T)
+    gen_seconds = time.perf_counter() - t0
+
+    student = [p for name, p in model.named_parameters() if name.startswith("mtp.")]
+    frozen = [p for name, p in model.named_parameters() if not name.startswith("mtp.")]
+    flags = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(student, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    n_gen = round(cfg.batch_size * cfg.generated_fraction)
+    records = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, desc="distill", dynamic_ncols=True)
+    model.train()
+    try:
+        for step in range(cfg.steps):
+            # linear warmup, then cosine decay to 0
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            natural, _ = sample_batch(train, cfg.batch_size - n_gen, cfg.seq_len, rng)
+            rows = torch.from_numpy(rng.integers(0, len(generated), n_gen))
+            x = torch.cat([natural, generated[rows]]).to(model.head.weight.device)  # (B, T)
+            losses = distill_losses(model, x)
+            loss = torch.stack(losses).sum()
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(student, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            records.append({"step": step + 1, "loss": loss.item(), "depth": [l.item() for l in losses],
+                            "lr": lr, "grad_norm": float(norm)})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+        for p, flag in zip(frozen, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    if records:
+        records[0]["generation_seconds"] = round(gen_seconds, 2)
+    return records
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="self-distil a saved model's MTP modules toward its main model",
+                              description=__doc__)
+    p.add_argument("--checkpoint", default=None, help="model folder (default: the shipped course model)")
+    p.add_argument("--out", required=True, help="folder to write the distilled model to")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--root", default=None, help="corpus folder of .py files (default: this Python's "
+                                                "standard library)")
+    for f in dataclasses.fields(DistillConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from .checkpoint import PRETRAINED_DIR, load_config, load_pretrained, save_model
+    from .data import build_corpus
+    from .train_cli import write_metrics
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
+    source = Path(args.checkpoint) if args.checkpoint else PRETRAINED_DIR
+    model, tok = load_pretrained(source)
+    _, meta = load_config(source)
+    corpus = build_corpus(tok, root=args.root)
+    t0 = time.perf_counter()
+    records = distill(model, corpus, cfg)
+    out = Path(args.out)
+    save_model(out, model, tok, dtype=getattr(torch, meta.get("weights_dtype", "float32")),
+               metadata={**{k: v for k, v in meta.items() if k not in ("model", "weights_dtype")},
+                         "distill_config": dataclasses.asdict(cfg), "distilled_from": str(source),
+                         "distill_seconds": round(time.perf_counter() - t0, 1),
+                         "distill_final_loss": records[-1]["loss"]})
+    write_metrics(out, corpus, cfg.batch_size, cfg.seq_len, cfg.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import main
+    sys.exit(main(["distill", *sys.argv[1:]]))

@@ -1,0 +1,128 @@
+"""Drafter self-distillation: batched greedy continuations, the loss, a frozen main model, the CLIs."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from stdlib_sample import one_thread, sample_root, sample_tokenizer  # noqa: F401  (fixtures)
+
+from mtp_lab import generate, get_preset, load_model
+from mtp_lab.cli import main as cli_main
+from mtp_lab.data import build_corpus, eval_batches
+from mtp_lab.distill import DistillConfig, distill, distill_losses, greedy_continuations
+from mtp_lab.model import MTPModel
+from mtp_lab.train import Trainer, TrainConfig, evaluate
+
+VOCAB = 320
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def corpus(sample_root):
+    return build_corpus(sample_tokenizer(sample_root, VOCAB), root=sample_root, use_cache=False)
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    """A tiny model after 60 training steps: its main model has something to teach."""
+    cfg = TrainConfig(steps=60, batch_size=8, seq_len=32, lr=3e-3, min_lr=3e-4, warmup=5, eval_interval=60,
+                      eval_batches=1, precision="fp32", seed=0)
+    trainer = Trainer(get_preset("tiny", vocab_size=VOCAB), cfg, corpus)
+    trainer.fit()
+    return trainer.model.state_dict()
+
+
+def test_greedy_continuations_equal_generate():
+    torch.manual_seed(0)
+    model = MTPModel(get_preset("tiny")).eval()
+    prompts = torch.randint(0, 64, (5, 7))
+    out = greedy_continuations(model, prompts, total_len=30, batch=2)        # batches of 2, 2 and 1
+    assert out.shape == (5, 30) and torch.equal(out[:, :7], prompts)
+    for row, prompt in zip(out, prompts):
+        assert row[7:].tolist() == generate(model, prompt.tolist(), 23).tokens
+    with pytest.raises(ValueError, match="max_seq_len"):
+        greedy_continuations(model, prompts, total_len=65)
+
+
+def test_distill_loss_is_cross_entropy_from_main_to_each_depth():
+    torch.manual_seed(1)
+    model = MTPModel(get_preset("tiny")).eval()
+    x = torch.randint(0, 64, (3, 20))
+    losses = distill_losses(model, x)
+    out = model(x)                                                            # independent full forward
+    assert len(losses) == 2
+    for k, loss in enumerate(losses, start=1):
+        p = out.logits[:, k:].softmax(-1)                                     # main at i+k predicts t_{i+k+1}
+        q = out.mtp_logits[k - 1].log_softmax(-1)                             # depth k at i predicts the same
+        # KL(p || q) = CE(p, q) - H(p): the loss minus the teacher's entropy
+        kl = F.kl_div(q, p, reduction="none").sum(-1).mean()
+        entropy = -(p * p.log()).sum(-1).mean()
+        assert loss.item() == pytest.approx((kl + entropy).item(), rel=1e-5)
+
+
+def kl_to_main(model, x) -> float:
+    """sum over depths of KL(P_main || P^k): the part of the distillation loss that training can remove."""
+    with torch.no_grad():
+        out = model(x)
+    return sum(F.kl_div(out.mtp_logits[k - 1].log_softmax(-1), out.logits[:, k:].softmax(-1),
+                        reduction="none").sum(-1).mean().item() for k in range(1, len(model.mtp) + 1))
+
+
+def test_distill_trains_only_the_mtp_modules_and_raises_agreement(corpus, trained):
+    model = MTPModel(get_preset("tiny", vocab_size=VOCAB))
+    model.load_state_dict(trained)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    val = eval_batches(corpus.splits["val"], 2, 8, 32)
+    agree0 = evaluate(model, val)["agree"]
+    fixed = eval_batches(corpus.splits["train"], 1, 8, 32)[0][0]
+    kl0 = kl_to_main(model, fixed)
+    cfg = DistillConfig(steps=80, lr=3e-3, warmup=5, batch_size=8, seq_len=32, generated=32, prompt_len=8, seed=0)
+    records = distill(model, corpus, cfg, progress=False)
+    assert len(records) == 80 and records[0]["generation_seconds"] >= 0
+    for name, p in model.named_parameters():
+        assert p.requires_grad                                                # flags restored
+        if name.startswith("mtp."):
+            assert not torch.equal(p, before[name]), name
+        else:                                                                 # main model, embedding, head
+            assert torch.equal(p, before[name]), name
+    kl1 = kl_to_main(model, fixed)
+    assert kl1 < 0.5 * kl0, (kl0, kl1)
+    agree1 = evaluate(model, val)["agree"]
+    assert all(a1 > a0 for a0, a1 in zip(agree0, agree1)), (agree0, agree1)
+
+
+def test_distill_errors(corpus):
+    with pytest.raises(ValueError, match="no MTP modules"):
+        distill(MTPModel(get_preset("tiny", vocab_size=VOCAB, mtp_depth=0)), corpus, DistillConfig(seq_len=32, prompt_len=8))
+    with pytest.raises(ValueError, match="steps must be > 0"):
+        DistillConfig(steps=0)
+    with pytest.raises(ValueError, match="prompt_len"):
+        DistillConfig(seq_len=32, prompt_len=32)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        distill(MTPModel(get_preset("tiny", vocab_size=VOCAB)), corpus, DistillConfig(seq_len=128))
+
+
+def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
+    out, export = tmp_path / "run", tmp_path / "export"
+    common = ["train", "--preset", "tiny", "--root", str(sample_root), "--tokenizer", str(tmp_path / "tok.json"),
+              "--vocab-size", "300", "--out", str(out), "--batch-size", "4", "--seq-len", "32",
+              "--eval-batches", "1", "--threads", "1", "--steps", "4"]
+    assert cli_main(common + ["--distill-steps", "3"]) == 2
+    assert "give --export" in capsys.readouterr().err
+    assert cli_main(common + ["--distill-steps", "3", "--export", str(export), "--export-dtype", "float32"]) == 0
+    trained, distilled = load_model(out), load_model(export)
+    for (name, a), b in zip(trained.state_dict().items(), distilled.state_dict().values()):
+        assert torch.equal(a, b) != name.startswith("mtp."), name              # only the MTP modules moved
+    meta = json.loads((export / "config.json").read_text())
+    assert meta["distill_config"]["steps"] == 3 and meta["distill_seconds"] >= 0
+    assert "greedy_acceptance" in json.loads((export / "metrics.json").read_text())
+    # the distill subcommand on a saved model: same result type, source untouched
+    again = tmp_path / "again"
+    assert cli_main(["distill", "--checkpoint", str(out), "--out", str(again), "--root", str(sample_root),
+                     "--steps", "2", "--batch-size", "4", "--seq-len", "32", "--generated", "8",
+                     "--prompt-len", "8", "--threads", "1"]) == 0
+    meta = json.loads((again / "config.json").read_text())
+    assert meta["distilled_from"] == str(out) and meta["weights_dtype"] == "float32"   # the source's dtype
+    assert torch.equal(load_model(out).head.weight, trained.head.weight)
