@@ -5,6 +5,7 @@ A checkpoint is a folder:
     config.json            {"model": ModelConfig fields, "weights_dtype": ..., plus free-form metadata}
     tokenizer.json         the `tokenizers` BPE that made the token ids
     optimizer.safetensors  AdamW moments (training checkpoints only, for --resume)
+    mtp_undistilled.safetensors  the MTP modules before drafter self-distillation (distilled models only)
     trainer.json           step, training config and optimizer hyper-parameters (training checkpoints only)
 config.json is written last, so a folder with a config holds complete weights.
 """
@@ -28,9 +29,10 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
+UNDISTILLED_FILE = "mtp_undistilled.safetensors"  # the MTP modules as MTP-loss training left them (mtp_lab.distill)
 PRETRAINED_DIR = ASSETS / "course_model"
-PRETRAINED_COMMAND = ("torchrun --standalone --nproc_per_node=2 -m mtp_lab.cli train --preset course --threads 1 "
-                      "--out runs/course --export assets/course_model")
+PRETRAINED_COMMAND = ("torchrun --standalone --nproc_per_node=2 -m mtp_lab.cli train --preset course --steps 1500 "
+                      "--threads 1 --out runs/course --export assets/course_model --distill-steps 300")
 
 
 class CheckpointError(ValueError):
@@ -138,15 +140,49 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer) ->
     return meta
 
 
-def load_pretrained(path: str | Path | None = None, device: str | torch.device = "cpu"
-                    ) -> tuple[MTPModel, Tokenizer]:
-    """The shipped course model (assets/course_model) or any checkpoint folder -> (model in eval mode, tokenizer)."""
+def save_undistilled(directory: str | Path, mtp_state: dict[str, torch.Tensor] | None,
+                     dtype: torch.dtype | None = None) -> None:
+    """Keep the MTP modules as the MTP loss trained them, next to a self-distilled model (mtp_lab.distill).
+
+    mtp_state: the `mtp.*` tensors before distillation; None removes a stale file (the model is not distilled).
+    """
+    path = Path(directory) / UNDISTILLED_FILE
+    if mtp_state is None:
+        path.unlink(missing_ok=True)
+        return
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in mtp_state.items()}
+    atomic_write_bytes(path, st_save(state, metadata={"format": "pt"}))
+
+
+def _load_undistilled(model: MTPModel, directory: Path) -> None:
+    path = directory / UNDISTILLED_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file missing; only a model exported with `--distill-steps` (or written "
+                              f"by `mtp-lab distill`) keeps its undistilled MTP modules")
+    state = _read_tensors(path)
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith("mtp.")}
+    if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
+        raise CheckpointError(f"{path}: tensors do not match the MTP modules of {directory / CONFIG_FILE}")
+    model.load_state_dict(state, strict=False)
+
+
+def load_pretrained(path: str | Path | None = None, device: str | torch.device = "cpu",
+                    mtp: str = "distilled") -> tuple[MTPModel, Tokenizer]:
+    """The shipped course model (assets/course_model) or any checkpoint folder -> (model in eval mode, tokenizer).
+
+    mtp="undistilled" swaps in the MTP modules as the MTP loss left them, before drafter self-distillation
+    (mtp_lab.distill); the main model is the same either way.
+    """
+    if mtp not in ("distilled", "undistilled"):
+        raise ValueError(f"mtp must be 'distilled' (the checkpoint's MTP modules) or 'undistilled', got {mtp!r}")
     directory = Path(path) if path is not None else PRETRAINED_DIR
     if not (directory / CONFIG_FILE).is_file() and not (directory / MODEL_FILE).is_file():
         raise FileNotFoundError(f"no checkpoint at {directory}; create the course model with `{PRETRAINED_COMMAND}`"
                                 if path is None else f"no checkpoint at {directory} (expected {CONFIG_FILE} "
                                 f"and {MODEL_FILE}); `mtp-lab train --out {directory}` writes one")
     model = load_model(directory, device=device).eval()
+    if mtp == "undistilled":
+        _load_undistilled(model, directory)
     tok_path = directory / TOKENIZER_FILE
     try:
         tokenizer = load_tokenizer(tok_path)

@@ -16,7 +16,8 @@ closes that gap, as serving stacks do for their drafters (EAGLE, Medusa-2 "self-
 The main model's weights stay bit-identical, so every decoding output is unchanged (speculative decoding
 stays lossless); only the acceptance rate moves. DeepSeek-V3 does not do this: its MTP modules come
 straight from pre-training with the MTP loss. `mtp-lab distill` runs it on a saved model; `mtp-lab train
---distill-steps N` runs it at the end of training.
+--distill-steps N` runs it at the end of training. Both keep the undistilled modules next to the model
+(`mtp_undistilled.safetensors`; `load_pretrained(mtp="undistilled")` loads them) for comparison.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from .checkpoint import PRETRAINED_DIR, load_config, load_pretrained, save_model
+    from .checkpoint import (PRETRAINED_DIR, UNDISTILLED_FILE, load_config, load_pretrained, save_model,
+                             save_undistilled)
     from .data import build_corpus
     from .train_cli import write_metrics
 
@@ -176,15 +178,23 @@ def _run(args) -> int:
     source = Path(args.checkpoint) if args.checkpoint else PRETRAINED_DIR
     model, tok = load_pretrained(source)
     _, meta = load_config(source)
+    # the undistilled modules: the source's own, or those it kept if it was distilled already
+    if (source / UNDISTILLED_FILE).is_file():
+        undistilled = load_pretrained(source, mtp="undistilled")[0].state_dict()
+    else:
+        undistilled = model.state_dict()
+    undistilled = {k: v.detach().clone() for k, v in undistilled.items() if k.startswith("mtp.")}
     corpus = build_corpus(tok, root=args.root)
     t0 = time.perf_counter()
     records = distill(model, corpus, cfg)
     out = Path(args.out)
-    save_model(out, model, tok, dtype=getattr(torch, meta.get("weights_dtype", "float32")),
+    dtype = getattr(torch, meta.get("weights_dtype", "float32"))
+    save_model(out, model, tok, dtype=dtype,
                metadata={**{k: v for k, v in meta.items() if k not in ("model", "weights_dtype")},
                          "distill_config": dataclasses.asdict(cfg), "distilled_from": str(source),
                          "distill_seconds": round(time.perf_counter() - t0, 1),
                          "distill_final_loss": records[-1]["loss"]})
+    save_undistilled(out, undistilled, dtype)
     write_metrics(out, corpus, cfg.batch_size, cfg.seq_len, cfg.steps)
     return 0
 

@@ -116,23 +116,26 @@ def run(args) -> int:
                                     prompt_len=min(DistillConfig.prompt_len, train_cfg.seq_len // 4))
     trainer.fit(out)
     if trainer.is_main and args.export:
-        extra = {}
+        extra, undistilled = {}, None
         if distill_cfg is not None:
+            undistilled = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if k.startswith("mtp.")}
             if torch.distributed.is_initialized():       # the other ranks are done: rank 0 may use their cores
                 torch.set_num_threads(max(torch.get_num_threads(), min(trainer.world, os.cpu_count() or 1)))
             t0 = time.perf_counter()
             records = distill(trainer.model, corpus, distill_cfg)
             extra = {"distill_config": dataclasses.asdict(distill_cfg),
                      "distill_seconds": round(time.perf_counter() - t0, 1), "distill_final_loss": records[-1]["loss"]}
-        export(trainer, Path(args.export), getattr(torch, args.export_dtype), extra)
+        export(trainer, Path(args.export), getattr(torch, args.export_dtype), extra, undistilled)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
 
 
-def export(trainer, directory: Path, dtype: torch.dtype, extra: dict | None = None) -> None:
-    """Write the model in `dtype`, reload it as load_pretrained does, and record its val/test metrics."""
-    from .checkpoint import save_model
+def export(trainer, directory: Path, dtype: torch.dtype, extra: dict | None = None,
+           undistilled: dict | None = None) -> None:
+    """Write the model in `dtype` (and, if it was self-distilled, its `undistilled` MTP modules), reload it as
+    load_pretrained does, and record its val/test metrics."""
+    from .checkpoint import save_model, save_undistilled
 
     cfg = trainer.cfg
     tokens_per_s = trainer.step * cfg.batch_size * cfg.seq_len * trainer.world / max(trainer.elapsed, 1e-9)
@@ -140,6 +143,7 @@ def export(trainer, directory: Path, dtype: torch.dtype, extra: dict | None = No
                metadata={"train_config": cfg.to_dict(), "train_seconds": round(trainer.elapsed, 1),
                          "tokens_per_second": round(tokens_per_s, 1), "world_size": trainer.world,
                          **(extra or {})})
+    save_undistilled(directory, undistilled, dtype)
     write_metrics(directory, trainer.corpus, cfg.batch_size, cfg.seq_len, trainer.step)
 
 
@@ -160,7 +164,7 @@ def greedy_acceptance(model, test: "np.ndarray", prompts: int = ACCEPT_PROMPTS, 
 def write_metrics(directory: Path, corpus, batch_size: int, seq_len: int, step: int) -> dict:
     """Reload `directory` as load_pretrained does; write metrics.json: val/test losses, accuracies, agreement,
     and (with MTP modules) greedy first-draft acceptance on the test split."""
-    from .checkpoint import load_pretrained
+    from .checkpoint import UNDISTILLED_FILE, load_pretrained
     from .data import atomic_write_bytes, eval_batches
     from .train import evaluate, format_eval
 
@@ -169,12 +173,18 @@ def write_metrics(directory: Path, corpus, batch_size: int, seq_len: int, step: 
                for split in ("val", "test")}
     if len(model.mtp):
         metrics["greedy_acceptance"] = greedy_acceptance(model, corpus.splits["test"])
+    if (directory / UNDISTILLED_FILE).is_file():          # the same main model with its MTP-loss-only modules
+        before, _ = load_pretrained(directory, mtp="undistilled")
+        metrics["undistilled"] = {
+            "test": evaluate(before, eval_batches(corpus.splits["test"], TEST_EVAL_BATCHES, batch_size, seq_len)),
+            "greedy_acceptance": greedy_acceptance(before, corpus.splits["test"])}
     atomic_write_bytes(directory / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     for split in ("val", "test"):
         print(f"exported {directory}: " + format_eval(step, metrics[split], split), flush=True)
-    if "greedy_acceptance" in metrics:
-        print(f"greedy first-draft acceptance (test prompts, k=1): "
-              f"{metrics['greedy_acceptance']['acceptance_rate']:.3f}", flush=True)
+    for label, m in (("", metrics), (" before self-distillation", metrics.get("undistilled", {}))):
+        if "greedy_acceptance" in m:
+            print(f"greedy first-draft acceptance{label} (test prompts, k=1): "
+                  f"{m['greedy_acceptance']['acceptance_rate']:.3f}", flush=True)
     return metrics
 
 

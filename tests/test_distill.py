@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from stdlib_sample import one_thread, sample_root, sample_tokenizer  # noqa: F401  (fixtures)
 
-from mtp_lab import generate, get_preset, load_model
+from mtp_lab import CheckpointError, generate, get_preset, load_model, load_pretrained
 from mtp_lab.cli import main as cli_main
 from mtp_lab.data import build_corpus, eval_batches
 from mtp_lab.distill import DistillConfig, distill, distill_losses, greedy_continuations
@@ -117,7 +117,16 @@ def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
         assert torch.equal(a, b) != name.startswith("mtp."), name              # only the MTP modules moved
     meta = json.loads((export / "config.json").read_text())
     assert meta["distill_config"]["steps"] == 3 and meta["distill_seconds"] >= 0
-    assert "greedy_acceptance" in json.loads((export / "metrics.json").read_text())
+    metrics = json.loads((export / "metrics.json").read_text())
+    assert "greedy_acceptance" in metrics and "greedy_acceptance" in metrics["undistilled"]
+    # the undistilled MTP modules are kept: with them the export is the trained model again
+    before, _ = load_pretrained(export, mtp="undistilled")
+    for (name, a), b in zip(trained.state_dict().items(), before.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="distill-steps"):
+        load_pretrained(out, mtp="undistilled")
+    with pytest.raises(ValueError, match="'distilled'.*'undistilled'"):
+        load_pretrained(export, mtp="raw")
     # the distill subcommand on a saved model: same result type, source untouched
     again = tmp_path / "again"
     assert cli_main(["distill", "--checkpoint", str(out), "--out", str(again), "--root", str(sample_root),
@@ -126,3 +135,14 @@ def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
     meta = json.loads((again / "config.json").read_text())
     assert meta["distilled_from"] == str(out) and meta["weights_dtype"] == "float32"   # the source's dtype
     assert torch.equal(load_model(out).head.weight, trained.head.weight)
+    # distilling a distilled model keeps the ORIGINAL undistilled modules
+    twice = tmp_path / "twice"
+    assert cli_main(["distill", "--checkpoint", str(again), "--out", str(twice), "--root", str(sample_root),
+                     "--steps", "2", "--batch-size", "4", "--seq-len", "32", "--generated", "8",
+                     "--prompt-len", "8", "--threads", "1"]) == 0
+    for path in (again, twice):
+        mtp = {k: v for k, v in load_pretrained(path, mtp="undistilled")[0].state_dict().items() if "mtp." in k}
+        assert all(torch.equal(v, trained.state_dict()[k]) for k, v in mtp.items())
+    # an export without distillation drops a stale undistilled file
+    assert cli_main(common + ["--resume", "--steps", "5", "--export", str(again)]) == 0
+    assert not (again / "mtp_undistilled.safetensors").exists()
