@@ -139,6 +139,26 @@ def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: 
     return rows
 
 
+def matmul_macs_per_token(cfg) -> dict:
+    """Multiply-adds per token of the weight matmuls (attention scores excluded): main model and one MTP module.
+
+    block = 4 d^2 (wq, wk, wv, wo) + 3 d d_ff (SwiGLU w1, w3, w2);  head = d V (shared)
+    main = L * block + head;   MTP module = 2 d^2 (eh_proj) + block + head
+    """
+    d = cfg.d_model
+    block = 4 * d * d + 3 * d * cfg.d_ff
+    head = d * cfg.vocab_size
+    main, module = cfg.n_layers * block + head, 2 * d * d + block + head
+    return {"main": main, "mtp_module": module, "c": module / main}
+
+
+def speedup_ceiling(c: float, k: int) -> float:
+    """Best speedup with k drafts of relative cost c each, EVERY draft accepted, a verify forward over k+1 tokens
+    that costs no more than one token, and no overhead: (k + 1) / (1 + k c). With compute-bound costs (a small
+    model on a CPU) c is at least the matmul ratio of matmul_macs_per_token."""
+    return (k + 1) / (1 + k * c)
+
+
 def op_profile(model, prompt, new_tokens: int, k: int, drafter, top: int = 15) -> dict:
     """torch.profiler over one AR and one speculative generation: aten ops per generated token, top ops."""
     from torch.profiler import ProfilerActivity, profile
@@ -233,9 +253,14 @@ def _run(args) -> int:
               "threads": torch.get_num_threads(), "batch_size": 1, "temperature": args.temperature,
               "prompts": args.prompts, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
               "seconds": time.perf_counter() - t0, "rows": rows}
+    macs = matmul_macs_per_token(model.config)
+    result["cost_model"] = {**macs, "ceiling": {k: speedup_ceiling(macs["c"], k) for k in args.k}}
     print(f"{source}; {args.prompts} prompts x {args.new_tokens} new tokens, batch 1, "
           f"temperature {args.temperature}, {torch.get_num_threads()} threads")
     print(format_table(rows))
+    print(f"matmul multiply-adds per token: main model {macs['main']:,}, one MTP module {macs['mtp_module']:,} "
+          f"(c = {macs['c']:.2f}); ceiling (k+1)/(1+kc) with all drafts accepted and free verification: "
+          + ", ".join(f"k={k} {v:.2f}x" for k, v in result["cost_model"]["ceiling"].items()))
     if args.profile:
         best = max(rows[1:], key=lambda r: r["speedup"])
         result["profile"] = op_profile(model, prompts[0], args.new_tokens, best["k"], drafters[best["drafter"]])

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mtp_lab.bench import merge
+from mtp_lab.bench import matmul_macs_per_token, merge, speedup_ceiling
 from mtp_lab.cli import main
 from mtp_lab.decoding import GenerationStats
 from stdlib_sample import one_thread  # noqa: F401  (fixture)
@@ -51,3 +51,28 @@ def test_merge_sums_counters_and_positions():
     assert m.drafted_per_position == [5, 4] and m.accepted_per_position == [3, 1]
     assert m.mean_acceptance_length == pytest.approx(1 + 4 / 5)
     assert m.wall_time_s == pytest.approx(3.0)
+
+
+def test_matmul_macs_match_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mtp_lab import MTPModel, get_preset
+
+    cfg = get_preset("tiny")
+    model = MTPModel(cfg).eval()
+    x = torch.randint(0, cfg.vocab_size, (1, 1))
+
+    def matmul_flops(fn):                       # torch's own count of the matmuls (2 flops per multiply-add)
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        counts = counter.get_flop_counts()["Global"]
+        return sum(v for op, v in counts.items() if "mm" in str(op))
+
+    with torch.no_grad():
+        main = matmul_flops(lambda: model.forward_main(x))
+        h = torch.randn(1, 1, cfg.d_model)
+        module = matmul_flops(lambda: model.forward_mtp(1, h, x))
+    macs = matmul_macs_per_token(cfg)
+    assert (macs["main"], macs["mtp_module"]) == (main // 2, module // 2)
+    assert speedup_ceiling(macs["c"], 1) == pytest.approx(2 / (1 + macs["c"]))
+    assert speedup_ceiling(0.0, 4) == 5.0
