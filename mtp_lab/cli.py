@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as e:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as e:  # bad input or a missing checkpoint: one clear line, no traceback
         print(f"mtp-lab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -74,6 +74,8 @@ def run(args) -> int:
     from .distill import DistillConfig, distill
     from .train import ProgressBar, TrainConfig, Trainer
 
+    if args.distill_steps and not args.export:
+        raise ValueError("--distill-steps changes the exported model only: give --export DIR as well")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -108,8 +110,6 @@ def run(args) -> int:
               f"(main+shared {counts['main_with_shared']:,}, mtp {counts['mtp']:,}); train "
               f"{len(corpus.splits['train']):,} tokens, world {trainer.world}, bf16 {trainer.autocast}, "
               f"threads {torch.get_num_threads()}", flush=True)
-    if args.distill_steps and not args.export:
-        raise ValueError("--distill-steps changes the exported model only: give --export DIR as well")
     distill_cfg = None
     if args.distill_steps:
         distill_cfg = DistillConfig(steps=args.distill_steps, seq_len=train_cfg.seq_len,

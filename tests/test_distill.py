@@ -111,6 +111,9 @@ def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
               "--eval-batches", "1", "--threads", "1", "--steps", "4"]
     assert cli_main(common + ["--distill-steps", "3"]) == 2
     assert "give --export" in capsys.readouterr().err
+    assert not out.exists()                                                   # refused before any work
+    assert cli_main(["distill", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
     assert cli_main(common + ["--distill-steps", "3", "--export", str(export), "--export-dtype", "float32"]) == 0
     trained, distilled = load_model(out), load_model(export)
     for (name, a), b in zip(trained.state_dict().items(), distilled.state_dict().values()):
