@@ -134,8 +134,29 @@ def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: 
             "ms_per_draft_forward": 1e3 * s.draft_time_s / s.draft_forwards if s.draft_forwards else None,
         })
         r = rows[-1]
+        r["c"] = r["ms_per_draft_forward"] / (1e3 * a) if r["ms_per_draft_forward"] is not None else None
+        r["v"] = r["ms_per_main_forward"]["verify"] / (1e3 * a)
         r["speedup_over_tau"] = r["speedup"] / r["tau"]
         r["speedup_over_tokens_per_forward"] = r["speedup"] / r["tokens_per_main_forward"]
+    return rows
+
+
+def repeated_bench(model, prompts, new_tokens: int, ks, drafters: dict, repeats: int = 3, **kwargs) -> list[dict]:
+    """run_bench `repeats` times; each row gets the median speed-up (and c, v) over the repeats and their range.
+
+    Timings on a shared machine move from run to run: a single run is one sample, never the answer.
+    The counts (tau, acceptance) are the same in every greedy repeat; the time fields come from the median run.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    runs = [run_bench(model, prompts, new_tokens, ks, drafters, **kwargs) for _ in range(repeats)]
+    rows = []
+    for i, row in enumerate(runs[0]):
+        samples = sorted((run[i] for run in runs), key=lambda r: r["speedup"])
+        median = dict(samples[len(samples) // 2])
+        speedups = [r["speedup"] for r in samples]
+        median.update(repeats=repeats, speedup_samples=speedups, speedup_range=(speedups[0], speedups[-1]))
+        rows.append(median)
     return rows
 
 
@@ -197,7 +218,7 @@ def _json_safe(x):
 def format_table(rows: list[dict]) -> str:
     kmax = max(r["k"] for r in rows)
     head = (f"{'drafter':8} {'k':>2} {'tau':>5} {'acc':>5} " + " ".join(f"{'p' + str(j + 1):>5}" for j in range(kmax))
-            + f" {'tok/F':>5} {'tok/s':>7} {'speedup':>7} {'cpu sp':>6} {'sp/tau':>6} {'draft':>6} {'verify':>6} {'ovh':>5}  same")
+            + f" {'tok/F':>5} {'tok/s':>7} {'speedup':>7} {'range':>10} {'cpu sp':>6} {'sp/tau':>6} {'draft':>6} {'verify':>6} {'ovh':>5} {'c':>5} {'v':>5}  same")
     lines = [head, "-" * len(head)]
     for r in rows:
         pos = [r["per_position"][j] if j < len(r["per_position"]) else None for j in range(kmax)]
@@ -205,12 +226,16 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"{r['drafter']:8} {r['k']:>2} {_fmt(r['tau'], '5.2f')} {_fmt(r['acceptance_rate'], '5.2f')} "
             + " ".join(_fmt(p, "5.2f") for p in pos)
-            + f" {r['tokens_per_main_forward']:5.2f} {r['tokens_per_s']:7.1f} {r['speedup']:6.2f}x {r['cpu_speedup']:5.2f}x"
+            + f" {r['tokens_per_main_forward']:5.2f} {r['tokens_per_s']:7.1f} {r['speedup']:6.2f}x"
+            + f" {r['speedup_range'][0]:5.2f}-{r['speedup_range'][1]:4.2f} {r['cpu_speedup']:5.2f}x"
             + f" {r['speedup_over_tau']:6.2f} {ms['draft']:6.2f} {ms['verify']:6.2f} {ms['overhead']:5.2f}"
+            + f" {_fmt(r['c'], '5.3f')} {r['v']:5.2f}"
             + f"  {_fmt(r['identical_to_ar'], 'd', 1)}/{r['prompts']}")
-    lines.append("tau = 1 + accepted/drafting steps; pj = acceptance at draft position j; tok/F = tokens per "
+    lines.append(f"speedup = the median of {rows[0].get('repeats', 1)} run(s), range = min-max over them; "
+                 "tau = 1 + accepted/drafting steps; pj = acceptance at draft position j; tok/F = tokens per "
                  "main forward; cpu sp = speedup in process CPU time; draft/verify/ovh = ms per main forward (AR: ms per token = "
-                 f"{rows[0]['ms_per_main_forward']['ar_token']:.2f}); same = outputs identical to AR")
+                 f"{rows[0]['ms_per_main_forward']['ar_token']:.2f}); c = ms per draft / AR ms per token; v = verify ms per "
+                 "main forward / AR ms per token; same = outputs identical to AR")
     return "\n".join(lines)
 
 
@@ -228,14 +253,16 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--repeats", type=int, default=1, help="run the whole benchmark this many times and report the "
+                                                          "median run's speed-up with the range (default 1)")
     p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
     p.add_argument("--json", default="artifacts/bench_speculative.json", help="where to write the results")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, *args.k) <= 0:
-        raise ValueError("--prompts, --prompt-len, --new-tokens, --threads and every --k must be > 0")
+    if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, args.repeats, *args.k) <= 0:
+        raise ValueError("--prompts, --prompt-len, --new-tokens, --threads, --repeats and every --k must be > 0")
     torch.set_num_threads(args.threads)
     if args.random is not None:
         model, prompts, source = random_setup(args.random, args.prompts, args.prompt_len, args.seed)
@@ -247,11 +274,13 @@ def _run(args) -> int:
     drafters = build_drafters(model, args.drafters)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        rows = run_bench(model, prompts, args.new_tokens, args.k, drafters, args.temperature, args.seed,
-                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        rows = repeated_bench(model, prompts, args.new_tokens, args.k, drafters, args.repeats,
+                              temperature=args.temperature, seed=args.seed,
+                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     result = {"source": source, "config": model.config.to_dict(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "batch_size": 1, "temperature": args.temperature,
               "prompts": args.prompts, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+              "repeats": args.repeats,
               "seconds": time.perf_counter() - t0, "rows": rows}
     macs = matmul_macs_per_token(model.config)
     result["cost_model"] = {**macs, "ceiling": {k: speedup_ceiling(macs["c"], k) for k in args.k}}

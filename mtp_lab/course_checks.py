@@ -380,17 +380,40 @@ def _spec_metrics(fn) -> str:
     return "rate 0.85 with k = 2 gives tau 2.7 tokens per target forward."
 
 
-@exercise("speedup", "07", "expected tokens per target forward divided by the cost of one step, k * c + 1.")
+@exercise("speedup", "07", "expected tokens per step divided by the cost of one step in AR-token times: k drafts "
+                           "of cost c each plus one verify forward of cost v.")
 def _speedup(fn) -> str:
-    for a, k, c in ((0.8, 2, 0.1), (0.6, 4, 0.2), (0.9, 1, 0.0)):
-        tokens = (1 - a ** (k + 1)) / (1 - a)
-        want = tokens / (k * c + 1)
-        got = _number(call(fn, a, k, c), f"speedup({a}, {k}, {c})")
+    for a, k, c, v in ((0.8, 2, 0.1, 1.0), (0.6, 4, 0.2, 1.3), (0.9, 1, 0.0, 1.0), (1.0, 3, 0.05, 1.2)):
+        tokens = sum(a ** j for j in range(k + 1))
+        want = tokens / (k * c + v)
+        got = _number(call(fn, a, k, c, v), f"speedup({a}, {k}, {c}, {v})")
         if not math.isclose(got, want, rel_tol=1e-6):
             if math.isclose(got, tokens, rel_tol=1e-6):
-                raise Wrong(f"speedup({a}, {k}, {c}): the draft forwards are not free; divide by k * c + 1")
-            raise Wrong(f"speedup({a}, {k}, {c}) = {got:.4f}, expected {want:.4f}")
-    return "tokens per step / (k c + 1): cheap drafts (small c) matter as much as acceptance."
+                raise Wrong(f"speedup({a}, {k}, {c}, {v}): the draft and verify forwards are not free; divide by "
+                            f"the step's cost")
+            if math.isclose(got, tokens / (k * c + 1), rel_tol=1e-6):
+                raise Wrong(f"speedup({a}, {k}, {c}, {v}) = {got:.4f}: the verify forward over k+1 tokens costs v "
+                            f"AR-token times, not 1")
+            raise Wrong(f"speedup({a}, {k}, {c}, {v}) = {got:.4f}, expected {want:.4f}")
+    return "tokens per step / (k c + v): cheap drafts and a cheap verify matter as much as acceptance."
+
+
+@exercise("break_even", "07", "the speed-up grows with alpha: find where it crosses 1. For k = 1 it has a closed "
+                              "form; for any k, halving an interval that brackets the crossing works.")
+def _break_even(fn) -> str:
+    from .proportion import break_even_alpha
+    for k, c, v in ((1, 0.1, 1.0), (1, 0.42, 1.1), (3, 0.1, 1.2), (4, 0.3, 1.5), (2, 0.05, 1.0)):
+        want = break_even_alpha(k, c, v)
+        got = _number(call(fn, k, c, v), f"break_even({k}, {c}, {v})")
+        if not math.isclose(got, want, abs_tol=1e-3):
+            speed = sum(got ** j for j in range(k + 1)) / (k * c + v) if 0 <= got <= 1 else float("nan")
+            raise Wrong(f"break_even({k}, {c}, {v}) = {got:.4f}, expected {want:.4f} (at your alpha the speed-up "
+                        f"is {speed:.3f}, not 1)")
+    got = _number(call(fn, 4, 0.9, 1.5), "break_even(4, 0.9, 1.5)")
+    if not math.isnan(got):
+        raise Wrong(f"break_even(4, 0.9, 1.5) = {got:.4f}: even with every draft accepted a step gives k + 1 = 5 "
+                    f"tokens for 4 * 0.9 + 1.5 = 5.1 AR-token times, so no alpha pays; return float('nan')")
+    return "below this acceptance, drafting costs more time than it saves."
 
 
 # ---------------------------------------------------------------- 08 real world

@@ -75,24 +75,30 @@ class MTPDrafter:
         self.main_pending: torch.Tensor | None = None   # main states h_i not yet fed to module 1
         self.kept: list[torch.Tensor | None] = [None] * (self.depth + 1)  # kept[j]: h^{j-1} not yet fed to module j
         self.outputs: list[torch.Tensor] = []            # outputs[j-1]: module j's states from the last proposal
+        self.drafted = False                             # the last proposal drafted something, not yet committed
         self.n = 0                                       # index n of the last committed token at the last proposal
         self.modules_used: int | None = None             # modules run per draft (fixed after the first proposal)
 
-    def _module(self, j: int, h_prev: torch.Tensor, tokens: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """MTPModel.forward_mtp, with logits for the LAST position only and both states of every position.
+    def _module(self, j: int, h_prev: torch.Tensor, tokens: torch.Tensor, chain: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """MTPModel.forward_mtp, with logits for the LAST position only.
 
-        Returns (logits (V,) predicting the next draft, the state fed to depth j+1 as in training (1, T', C),
-        the state per `recycle` (1, T', C)).
+        Returns (logits (V,) predicting the next draft, the state fed to depth j+1 as in training (1, T', C)
+        or None when `chain` is False (no later module reads it), the state per `recycle` at the last position
+        (1, 1, C)). Without `chain` only the last position is normalised: nothing reads the others.
         """
         m = self.draft_model
         module = m.mtp[j - 1]
         h = module(h_prev, m.embed(tokens), self.cache.mtp[j - 1])                # (1, T', C) pre-norm h^j
-        h_norm = module.shared_head.norm(h)                                        # (1, T', C)
+        if chain:
+            h_norm = module.shared_head.norm(h)                                    # (1, T', C)
+            chained = h_norm if m.config.mtp_input_norm else h
+        else:
+            h = h[:, -1:]                                                          # (1, 1, C)
+            h_norm, chained = module.shared_head.norm(h), None
         # (23)  P^j = OutHead(shared_head.norm(h^j)), the shared head, at the last position only
         logits = m.head(h_norm[0, -1])                                             # (V,)
-        chained = h_norm if m.config.mtp_input_norm else h
-        return logits, chained, (h_norm if self.recycle == "post_norm" else h)
+        return logits, chained, (h_norm if self.recycle == "post_norm" else h)[:, -1:]
 
     def propose(self, tokens: list[int], k: int, params: SamplingParams,
                 generator: torch.Generator | None = None) -> Draft:
@@ -105,7 +111,7 @@ class MTPDrafter:
         self.modules_used, self.n = used, n
         device = self.draft_model.head.weight.device
         seq = list(tokens)                     # committed tokens, then the drafts as they are drawn
-        drafts, probs, logits_out, self.outputs = [], [], [], []
+        drafts, probs, logits_out, self.outputs, self.drafted = [], [], [], [], True
         h_chain = h_recycled = None
         for j in range(1, k + 1):
             if j <= self.depth:
@@ -116,25 +122,33 @@ class MTPDrafter:
                     h_in = h_chain if self.kept[j] is None else torch.cat([self.kept[j], h_chain], dim=1)
                 # module j at positions i = m_j..n-1 takes t_{i+j}; indices past n are drafts
                 toks = torch.tensor(seq[start + j:n + j], dtype=torch.long, device=device)[None]    # (1, n - m_j)
-                logits, h_chain, h_recycled = self._module(j, h_in, toks)
-                self.outputs.append(h_chain)
+                logits, h_chain, h_recycled = self._module(j, h_in, toks, chain=j < used)
+                if j < used:
+                    self.outputs.append(h_chain)
             else:                                                                  # reuse module D, one position on
                 toks = torch.tensor([seq[-1]], device=device)[None]               # (1, 1): d_{j-1}
-                logits, _, h_recycled = self._module(self.depth, h_recycled[:, -1:], toks)
-            q = params.probs(logits)                                               # (V,)
-            d = params.sample(q, generator)
+                logits, _, h_recycled = self._module(self.depth, h_recycled, toks, chain=False)
+            if params.greedy:                  # q is one-hot at the argmax: no distribution to compute per draft
+                d = int(logits.argmax())
+            else:
+                q = params.probs(logits)                                           # (V,)
+                d = params.sample(q, generator)
+                probs.append(q)
             drafts.append(d)
             seq.append(d)
-            probs.append(q)
             logits_out.append(logits)
         self.main_pending = None
-        return Draft(drafts, torch.stack(probs), torch.stack(logits_out), forwards=k)
+        logits_out = torch.stack(logits_out)                                       # (k, V)
+        # greedy: the same one-hot rows params.probs would give, built once for the whole draft
+        q_all = (F.one_hot(torch.tensor(drafts, device=device), logits_out.shape[-1]).to(logits_out.dtype)
+                 if params.greedy else torch.stack(probs))                         # (k, V)
+        return Draft(drafts, q_all, logits_out, forwards=k)
 
     def commit(self, hidden: torch.Tensor, n_kept: int) -> None:
         """hidden (1, T_new, C): the main model's states at the newly kept positions; n_kept drafts kept."""
         pending = self.main_pending
         self.main_pending = hidden if pending is None else torch.cat([pending, hidden], dim=1)
-        if not self.outputs:                   # nothing was drafted this step (prefill, or a zero-draft step)
+        if not self.drafted:                   # nothing was drafted this step (prefill, or a zero-draft step)
             return
         n_new = self.n + n_kept + 1            # index of the step's corrected or bonus token
         # module j at position i read t_{i+j}, a committed token or a draft; it stays valid iff that
@@ -147,7 +161,7 @@ class MTPDrafter:
                 out = self.outputs[j - 1]                                   # positions m_j..n-1
                 start = self.n - out.shape[1]
                 self.kept[j + 1] = out[:, keep[j] - start:keep[j - 1] - start]
-        self.outputs = []
+        self.outputs, self.drafted = [], False
 
 
 class NGramDrafter:

@@ -111,7 +111,9 @@ class CausalSelfAttention(nn.Module):
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """attn_mask: the causal_mask of this call, when the caller built it once for all its layers."""
         B, T, C = x.shape
         start = cache.length if cache is not None else 0
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
@@ -125,7 +127,9 @@ class CausalSelfAttention(nn.Module):
         elif T == 1:               # one new query sees every cached key
             y = F.scaled_dot_product_attention(q, k, v)
         else:                      # several new queries after a cached prefix: lower-right mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.shape[2], x.device))
+            if attn_mask is None:
+                attn_mask = causal_mask(T, k.shape[2], x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))                      # (B, T, C)
 
 
@@ -152,6 +156,7 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache, attn_mask)
         return x + self.ffn(self.ffn_norm(x))

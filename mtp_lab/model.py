@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
-from .layers import Block, KVCache, RMSNorm
+from .layers import Block, KVCache, RMSNorm, causal_mask
 
 
 class SharedHead(nn.Module):
@@ -109,8 +109,12 @@ class MTPModel(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, T) -> (logits (B, T, V), hidden (B, T, C) that feeds MTP module 1)."""
         x = self.embed(tokens)                                                     # (B, T, C)
+        mask = None
+        T, start = tokens.shape[1], cache.length if cache is not None else 0
+        if start and T > 1:        # verification: T new queries after a cached prefix; one mask for every layer
+            mask = causal_mask(T, start + T, tokens.device)                        # (T, start + T)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache.main[i] if cache is not None else None)
+            x = layer(x, cache.main[i] if cache is not None else None, mask)
         h_norm = self.norm(x)
         return self.head(h_norm), (h_norm if self.config.mtp_input_norm else x)
 

@@ -7,6 +7,7 @@ Entry points (each returns a dashboard; display it as the last expression of a c
 - speculative_dashboard(model, tokenizer): live speculative decoding, step by step or playing.
 - speculative_race(model, tokenizer): plain vs speculative decoding on the wall clock.
 - training_monitor(): live loss curves and lambda, a callback for mtp_lab.train.Trainer.
+- speedup_lab(points): predicted speed-up from acceptance, k and draft cost, with measured and production points.
 """
 
 from .architecture import architecture_view
@@ -15,7 +16,8 @@ from .fp8view import fp8_explorer
 from .race import speculative_race
 from .rmsnorm import rmsnorm_dashboard
 from .specdec import speculative_dashboard
+from .speedup import speedup_lab
 from .training import training_monitor
 
 __all__ = ["rmsnorm_dashboard", "architecture_view", "fp8_explorer", "speculative_dashboard", "speculative_race",
-           "training_monitor", "Throttle", "widgets_available"]
+           "training_monitor", "speedup_lab", "Throttle", "widgets_available"]
