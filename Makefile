@@ -2,6 +2,10 @@
 #   make course   - create .venv if missing, install, open the course in JupyterLab
 #   make test     - create .venv if missing, install, run every test (unit, notebooks, browser)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Where pip looks for torch. Empty (the default) = pip's own index: on this project's machines that finds the CPU
+# wheel, but on an ordinary Linux laptop PyPI serves the multi-GB CUDA build. For the CPU-only wheel:
+#   make course TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -11,8 +15,8 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	# torch first, pinned: the CPU wheel (an unpinned torch would pull a multi-GB CUDA build)
-	$(BIN)/python -m pip install "torch==2.13.0"
+	# torch first, pinned (never 2.14); TORCH_INDEX picks the wheel index (see above)
+	$(BIN)/python -m pip install "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $(STAMP)
 

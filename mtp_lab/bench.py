@@ -252,7 +252,8 @@ def register(subparsers) -> None:
     p.add_argument("--drafters", nargs="+", default=list(DRAFTERS), choices=DRAFTERS)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the fastest for batch-1 AR "
+                                                           "decoding of the course model, tools/ar_threads.py)")
     p.add_argument("--repeats", type=int, default=1, help="run the whole benchmark this many times and report the "
                                                           "median run's speed-up with the range (default 1)")
     p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
@@ -261,8 +262,11 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from .cli import check_output
+
     if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, args.repeats, *args.k) <= 0:
         raise ValueError("--prompts, --prompt-len, --new-tokens, --threads, --repeats and every --k must be > 0")
+    check_output(args.json, "--json", folder=False)
     torch.set_num_threads(args.threads)
     if args.random is not None:
         model, prompts, source = random_setup(args.random, args.prompts, args.prompt_len, args.seed)

@@ -6,13 +6,25 @@ A checkpoint is a folder:
     tokenizer.json         the `tokenizers` BPE that made the token ids
     optimizer.safetensors  AdamW moments (training checkpoints only, for --resume)
     mtp_undistilled.safetensors  the MTP modules before drafter self-distillation (distilled models only)
-    trainer.json           step, training config and optimizer hyper-parameters (training checkpoints only)
+    trainer.json           step, training config, optimizer hyper-parameters and the sha256 of every other file
+                           (training checkpoints only)
 config.json is written last, so a folder with a config holds complete weights.
+
+A training checkpoint (`save_checkpoint`, what `mtp-lab train --out DIR` keeps) is one atomic unit. Its files
+are written to DIR/.staging/ first, trainer.json last: a .staging holding trainer.json is the commit. Then they
+are moved into DIR one by one, trainer.json last, and .staging is removed. A kill at any point leaves either the
+previous checkpoint intact (uncommitted .staging) or a commit that `recover` completes before the next resume or
+save, so a resume sees the old checkpoint or the new one, never a mix; `load_train_state` also checks every file
+against the sha256 recorded in trainer.json.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,9 +41,12 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
+STAGING_DIR = ".staging"                         # where save_checkpoint writes before its commit
 UNDISTILLED_FILE = "mtp_undistilled.safetensors"  # the MTP modules as MTP-loss training left them (mtp_lab.distill)
+CHECKPOINT_FILES = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE, OPTIMIZER_FILE)  # trainer.json records their sha256
 PRETRAINED_DIR = ASSETS / "course_model"
-PRETRAINED_COMMAND = ("torchrun --standalone --nproc_per_node=2 -m mtp_lab.cli train --preset course --steps 1500 "
+SHALLOW_DIR = ASSETS / "shallow_model"          # the previous, 4-block course model (preset "shallow")
+PRETRAINED_COMMAND = ("torchrun --standalone --nproc_per_node=2 -m mtp_lab.cli train --preset course --steps 1800 "
                       "--threads 1 --out runs/course --export assets/course_model --distill-steps 300")
 
 
@@ -48,9 +63,13 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: file missing; a checkpoint folder needs {CONFIG_FILE} "
                               f"and {MODEL_FILE} (written by `mtp-lab train --out DIR`)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt or truncated") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(obj).__name__}, not an object; the file is corrupt "
+                              f"or not written by mtp_lab")
+    return obj
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -96,47 +115,116 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     path = directory / MODEL_FILE
     state = _read_tensors(path)
     model = MTPModel(cfg)
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: tensors do not match {directory / CONFIG_FILE}: "
-                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, want in expected.items():                 # model order: the first mismatch reported is stable
-        if state[name].shape != want.shape:
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(state[name].shape)} but the config "
-                                  f"({directory / CONFIG_FILE}) implies {tuple(want.shape)}")
+    _check_state(path, state, model.state_dict(), directory / CONFIG_FILE)
     model.load_state_dict(state)
     return model.to(device=device, dtype=dtype)
 
 
+def _check_state(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                 config: Path) -> None:
+    """The tensors of `path` against the model built from `config`: same names and shapes, floating point
+    (load_state_dict would silently cast int or bool tensors) and finite."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: tensors do not match {config}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    for name, want in expected.items():                 # model order: the first mismatch reported is stable
+        got = state[name]
+        if got.shape != want.shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(got.shape)} but the config "
+                                  f"({config}) implies {tuple(want.shape)}")
+        if not got.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {str(got.dtype).removeprefix('torch.')}; "
+                                  f"model weights are floating point: the file was not written by save_model")
+        if not torch.isfinite(got).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or inf; the weights are corrupt (saved by a "
+                                  f"diverged run?): use an earlier checkpoint")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def save_train_state(directory: str | Path, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """AdamW moments as safetensors ("<param index>.<name>"), hyper-parameters and `state` as JSON."""
+    """AdamW moments as safetensors ("<param index>.<name>"), then trainer.json: `state`, the optimizer's
+    hyper-parameters and the sha256 of every checkpoint file already in `directory`."""
     directory = Path(directory)
     sd = optimizer.state_dict()
     tensors = {f"{i}.{name}": t.detach().cpu().contiguous()
                for i, s in sd["state"].items() for name, t in s.items()}
     atomic_write_bytes(directory / OPTIMIZER_FILE, st_save(tensors))
-    _write_json(directory / TRAINER_FILE, {**state, "param_groups": sd["param_groups"]})
+    sha = {name: _sha256(directory / name) for name in CHECKPOINT_FILES if (directory / name).is_file()}
+    _write_json(directory / TRAINER_FILE, {**state, "param_groups": sd["param_groups"], "sha256": sha})
+
+
+def save_checkpoint(directory: str | Path, model: MTPModel, tokenizer: Tokenizer, optimizer: torch.optim.Optimizer,
+                    state: dict, dtype: torch.dtype | None = None) -> Path:
+    """A training checkpoint as one atomic unit (module docstring): staged in DIR/.staging, then moved in."""
+    directory = Path(directory)
+    recover(directory)                                  # the previous save's leftovers: finished or dropped
+    save_model(directory / STAGING_DIR, model, tokenizer, dtype=dtype)
+    save_train_state(directory / STAGING_DIR, optimizer, state)       # trainer.json last: the commit
+    recover(directory)                                  # moves the committed files in
+    return directory
+
+
+def recover(directory: str | Path) -> None:
+    """Complete an interrupted save_checkpoint: a committed DIR/.staging (it holds trainer.json) is moved into
+    DIR, trainer.json last; an uncommitted one is deleted, which leaves the previous checkpoint as it was."""
+    staging = Path(directory) / STAGING_DIR
+    if not staging.is_dir():
+        return
+    if (staging / TRAINER_FILE).is_file():
+        for name in (*CHECKPOINT_FILES, TRAINER_FILE):
+            with contextlib.suppress(FileNotFoundError):   # moved already (by the other ranks of a torchrun too)
+                os.replace(staging / name, Path(directory) / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_trainer_state(directory: str | Path) -> dict:
+    """trainer.json of a training checkpoint (after `recover`), checked for its step."""
+    recover(directory)
+    path = Path(directory) / TRAINER_FILE
+    meta = _read_json(path)
+    if not (isinstance(meta.get("step"), int) and meta["step"] >= 0):
+        raise CheckpointError(f"{path}: no 'step' (an integer >= 0); the file is corrupt: resume from a copy of "
+                              f"the run, or start again (mtp-lab train --overwrite)")
+    return meta
 
 
 def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore the optimizer saved by save_train_state; returns the trainer state dict (step, ...)."""
+    """Check every file against trainer.json's sha256, restore the optimizer saved by save_train_state
+    (moments checked against the parameters); returns the trainer state dict (step, ...)."""
     directory = Path(directory)
-    meta = _read_json(directory / TRAINER_FILE)
-    tensors = _read_tensors(directory / OPTIMIZER_FILE)
-    state: dict[int, dict] = {}
-    for key, t in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = t
+    meta = read_trainer_state(directory)
+    for name, digest in meta.pop("sha256", {}).items():          # checkpoints written before the hashes: none
+        if not (directory / name).is_file() or _sha256(directory / name) != digest:
+            raise CheckpointError(f"{directory / name}: does not match the sha256 recorded in {TRAINER_FILE}: the "
+                                  f"folder mixes files of different checkpoints; restore them from one save")
+    path = directory / OPTIMIZER_FILE
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     groups = meta.pop("param_groups", None)
-    n_params = sum(len(g["params"]) for g in optimizer.param_groups)
-    if groups is None or sum(len(g["params"]) for g in groups) != n_params:
+    if not (isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+            and sum(len(g["params"]) for g in groups) == len(params)):
         raise CheckpointError(f"{directory / TRAINER_FILE}: optimizer groups do not match the model "
-                              f"({n_params} parameters); was it saved for another config?")
+                              f"({len(params)} parameters); was it saved for another config?")
+    state: dict[int, dict] = {}
+    for key, t in _read_tensors(path).items():
+        index, _, name = key.partition(".")
+        if not (index.isdigit() and int(index) < len(params) and name):
+            raise CheckpointError(f"{path}: unexpected tensor {key!r}; an optimizer file holds "
+                                  f"'<parameter index>.<name>' tensors for {len(params)} parameters")
+        if name != "step" and t.shape != params[int(index)].shape:
+            raise CheckpointError(f"{path}: tensor {key!r} has shape {tuple(t.shape)}, its parameter "
+                                  f"{tuple(params[int(index)].shape)}; was it saved for another config?")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or inf, so training would only write NaN "
+                                  f"weights; resume from an earlier copy of the run, or start again (--overwrite)")
+        state.setdefault(int(index), {})[name] = t
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{directory / OPTIMIZER_FILE}: cannot restore optimizer state: {e}") from e
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot restore optimizer state: {e}") from e
     return meta
 
 
@@ -160,9 +248,8 @@ def _load_undistilled(model: MTPModel, directory: Path) -> None:
         raise CheckpointError(f"{path}: file missing; only a model exported with `--distill-steps` (or written "
                               f"by `mtp-lab distill`) keeps its undistilled MTP modules")
     state = _read_tensors(path)
-    expected = {k: v for k, v in model.state_dict().items() if k.startswith("mtp.")}
-    if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
-        raise CheckpointError(f"{path}: tensors do not match the MTP modules of {directory / CONFIG_FILE}")
+    _check_state(path, state, {k: v for k, v in model.state_dict().items() if k.startswith("mtp.")},
+                 directory / CONFIG_FILE)
     model.load_state_dict(state, strict=False)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 
@@ -25,29 +26,23 @@ class ModelConfig:
                                   # "none" | "main" (main blocks) | "mtp" (MTP modules) | "all"
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.mtp_depth, int) or isinstance(self.mtp_depth, bool) or self.mtp_depth < 0:
-            raise ValueError(f"ModelConfig.mtp_depth must be an integer >= 0 (D = 0 disables MTP), "
-                             f"got {self.mtp_depth!r}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            _check_int(self, name, minimum=1)
+        _check_int(self, "mtp_depth", minimum=0, note=" (D = 0 disables MTP)")
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            _check_positive_float(self, name)
+        if not isinstance(self.mtp_input_norm, bool):
+            raise ValueError(f"ModelConfig.mtp_input_norm must be True or False (a bool, not a string or number), "
+                             f"got {self.mtp_input_norm!r}")
+        if self.fp8 not in FP8_CHOICES:
+            raise ValueError(f"ModelConfig.fp8 must be one of {', '.join(map(repr, FP8_CHOICES))} (which block "
+                             f"linears run in FP8), got {self.fp8!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads "
                              f"({self.n_heads}); choose n_heads that divides d_model")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"ModelConfig head size d_model/n_heads = {self.d_model // self.n_heads} must be "
                              f"even for rotary embeddings; change d_model or n_heads")
-        if not self.norm_eps > 0:
-            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps!r}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta!r}")
-        if not self.init_std > 0:
-            raise ValueError(f"ModelConfig.init_std must be > 0, got {self.init_std!r}")
-        if self.fp8 not in ("none", "main", "mtp", "all"):
-            raise ValueError(f"ModelConfig.fp8 must be one of 'none', 'main', 'mtp', 'all' (which block "
-                             f"linears run in FP8), got {self.fp8!r}")
 
     @property
     def head_dim(self) -> int:
@@ -72,12 +67,39 @@ class ModelConfig:
         return cls(**d)
 
 
+FP8_CHOICES = ("none", "main", "mtp", "all")
+
+
+def _default(name: str):
+    return next(f.default for f in dataclasses.fields(ModelConfig) if f.name == name)
+
+
+def _check_int(cfg: "ModelConfig", name: str, minimum: int, note: str = "") -> None:
+    """A real int (not a bool, float or string) >= minimum."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"ModelConfig.{name} must be {kind}{note}, e.g. {_default(name)}, got {value!r}")
+
+
+def _check_positive_float(cfg: "ModelConfig", name: str) -> None:
+    """A finite number > 0 (int or float; not a bool or string, not NaN or inf)."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"ModelConfig.{name} must be a finite number > 0, e.g. {_default(name)}, got {value!r}")
+
+
 PRESETS: dict[str, ModelConfig] = {
     # A few thousand parameters: for unit tests, runs in milliseconds.
     "tiny": ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, mtp_depth=2),
-    # The shipped course model (assets/): trained on the Python standard library on 2 CPU cores.
-    "course": ModelConfig(vocab_size=2048, d_model=192, n_layers=4, n_heads=4, d_ff=512, max_seq_len=256,
+    # The shipped course model (assets/course_model): deep and thin, so that one MTP module (one block plus the
+    # shared head) costs c ~ 0.08 of a main forward (the shape sweep in assets/MODEL_CARD.md). Trained on the
+    # Python standard library on 2 CPU cores.
+    "course": ModelConfig(vocab_size=2048, d_model=128, n_layers=24, n_heads=4, d_ff=352, max_seq_len=256,
                           mtp_depth=2),
+    # The previous course model's shape (assets/shallow_model): 4 blocks, one MTP module costs c ~ 0.4 of it.
+    "shallow": ModelConfig(vocab_size=2048, d_model=192, n_layers=4, n_heads=4, d_ff=512, max_seq_len=256,
+                           mtp_depth=2),
 }
 
 

@@ -17,10 +17,12 @@ output is token for token the greedy AR output.
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .drafters import MTPDrafter, NGramDrafter
@@ -147,7 +149,12 @@ def speculative_accept(draft: Sequence[int], q: torch.Tensor, p: torch.Tensor, p
 
 
 def _prompt_list(model: MTPModel, prompt_ids) -> list[int]:
-    """Validate a prompt (list of ids, 1-D tensor or (1, T) tensor) and return it as a list of ints."""
+    """Validate a prompt (list of ids, or a 1-D or (1, T) tensor or integer numpy array) and return it as a
+    list of ints."""
+    if isinstance(prompt_ids, np.ndarray):
+        if prompt_ids.dtype.kind not in "iu":
+            raise ValueError(f"prompt_ids must hold integer token ids, got a numpy array of dtype {prompt_ids.dtype}")
+        prompt_ids = torch.from_numpy(prompt_ids.astype(np.int64))
     if isinstance(prompt_ids, torch.Tensor):
         if prompt_ids.dim() == 2 and prompt_ids.shape[0] == 1:
             prompt_ids = prompt_ids[0]
@@ -159,9 +166,10 @@ def _prompt_list(model: MTPModel, prompt_ids) -> list[int]:
         ids = prompt_ids.tolist()
     else:
         ids = list(prompt_ids)
-        bad = [x for x in ids if isinstance(x, bool) or not isinstance(x, int)]
+        bad = [x for x in ids if isinstance(x, bool) or not isinstance(x, numbers.Integral)]   # numpy ints pass
         if bad:
             raise ValueError(f"prompt_ids must be integer token ids, got {bad[0]!r}")
+        ids = [int(x) for x in ids]
     if not ids:
         raise ValueError("prompt_ids is empty: give at least one token id (e.g. the first token of a text)")
     model.check_tokens(torch.tensor([ids]))   # vocabulary range and max_seq_len, with clear messages
@@ -331,9 +339,14 @@ def speculative_generate(model: MTPModel, prompt_ids, max_new_tokens: int, num_d
                          fp8_drafter: bool = False) -> GenerationResult:
     """Speculative decoding: exactly the main model's output distribution, fewer main-model forwards.
 
-    drafter: "mtp" (chain the MTP modules; for num_draft > D the last module is reused), "ngram"
-    (prompt lookup) or a drafter object (mtp_lab.drafters). Returns .tokens and .stats (acceptance_rate,
-    mean_acceptance_length, per_position, forward counts, wall time, stop_reason).
+    drafter: "mtp" (chain the MTP modules), "ngram" (prompt lookup) or a drafter object (mtp_lab.drafters).
+    For num_draft > D the MTP drafter runs module D again, one position on, fed its own output (by default
+    the state after shared_head.norm, as SGLang's NextN returns it; vLLM feeds back the state before that
+    norm). That is this package's choice: with D >= 2 vLLM cycles back to module 1 (step % num_mtp_layers)
+    or, in V1, uses module 1 for every draft, and SGLang supports one module only (see MTPDrafter).
+    fp8_drafter: draft with a copy whose MTP blocks run in simulated FP8 (eh_proj stays in high precision,
+    as in the released checkpoint). Returns .tokens and .stats (acceptance_rate, mean_acceptance_length,
+    per_position, forward counts, wall time, stop_reason).
     """
     steps = speculative_steps(model, prompt_ids, max_new_tokens, num_draft, temperature, top_k, top_p,
                               seed, drafter, eos_id, fp8_drafter)

@@ -167,17 +167,23 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from .checkpoint import (PRETRAINED_DIR, UNDISTILLED_FILE, load_config, load_pretrained, save_model,
-                             save_undistilled)
+    from .checkpoint import (CONFIG_FILE, PRETRAINED_DIR, UNDISTILLED_FILE, CheckpointError, load_config,
+                             load_pretrained, save_model, save_undistilled)
+    from .cli import check_output, set_threads
     from .data import build_corpus
     from .train_cli import write_metrics
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
     source = Path(args.checkpoint) if args.checkpoint else PRETRAINED_DIR
+    out = check_output(args.out, "--out", folder=True)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out {out} is the model being distilled: it would be replaced; give another --out")
+    set_threads(args.threads)
     model, tok = load_pretrained(source)
     _, meta = load_config(source)
+    dtype = getattr(torch, str(meta.get("weights_dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype):
+        raise CheckpointError(f"{source / CONFIG_FILE}: unknown weights_dtype {meta['weights_dtype']!r}")
     # the undistilled modules: the source's own, or those it kept if it was distilled already
     if (source / UNDISTILLED_FILE).is_file():
         undistilled = load_pretrained(source, mtp="undistilled")[0].state_dict()
@@ -187,8 +193,6 @@ def _run(args) -> int:
     corpus = build_corpus(tok, root=args.root)
     t0 = time.perf_counter()
     records = distill(model, corpus, cfg)
-    out = Path(args.out)
-    dtype = getattr(torch, meta.get("weights_dtype", "float32"))
     save_model(out, model, tok, dtype=dtype,
                metadata={**{k: v for k, v in meta.items() if k not in ("model", "weights_dtype")},
                          "distill_config": dataclasses.asdict(cfg), "distilled_from": str(source),

@@ -31,7 +31,7 @@ class Draft:
 
 
 class MTPDrafter:
-    """Drafts by chaining the MTP modules 1..D; for k > D the last module is reused.
+    """Drafts by chaining the MTP modules 1..D; for k > D module D runs again (this package's choice, see below).
 
     Indexing (0-based, as in model.py; vLLM's convention, positions NOT shifted): module j at position i
     combines h^{j-1}_i with the token t_{i+j} and predicts t_{i+j+1}. With t_0..t_n committed (t_n sampled
@@ -44,11 +44,17 @@ class MTPDrafter:
     the newly kept positions (given by `commit`), for j > 1 the outputs of module j-1 kept from the last step.
 
     For drafts j > D, module D runs again one position further on (its cache advances by one per extra
-    draft, as in vLLM and SGLang), fed the previous draft token and the state it output at the previous
-    draft. `recycle` picks that state: "post_norm" = after the module's final norm (shared_head.norm),
-    "pre_norm" = the block output before it; None = the state the config feeds between depths in
-    training (post-norm when config.mtp_input_norm). DeepSeek never trained this reuse, so acceptance
-    falls with the number of reuses.
+    draft), fed the previous draft token and the state it output at the previous draft: what training
+    computes at the next position, with module D's own output standing in for h^{D-1}. With one module
+    (DeepSeek-V3, D = 1) every engine does this too; with D >= 2 the engines differ from it and from each
+    other: vLLM's deepseek_mtp.py picks module `spec_step_idx % num_mtp_layers` (1, 2, 1, 2, ...: back to
+    module 1, not module D), vLLM V1's EAGLE-style proposer passes no step index, so every draft uses
+    module 1, and SGLang's deepseek_nextn.py asserts a single module.
+    `recycle` picks the state fed back: "post_norm" = after the module's final norm (shared_head.norm),
+    what SGLang's NextN returns; "pre_norm" = the block output before it (residual + hidden), what vLLM
+    feeds back; None = the state the config feeds between depths in training (post-norm when
+    config.mtp_input_norm, the default). DeepSeek never trained this reuse, so acceptance falls with the
+    number of reuses.
 
     `draft_model` (default: the model itself) supplies the MTP modules, embedding and head, e.g. a copy
     whose MTP blocks run in simulated FP8 while the main model verifies in full precision.

@@ -11,7 +11,9 @@ Scaling (online, from the group's max absolute value):
 Groups: "tensor" (one scale), "tile" (1 x 128 along the last dim: activations, per token per 128
 channels), "block" (128 x 128 of a 2-D weight). Shapes that are not multiples of the group are
 zero-padded for the scale computation only. All-zero groups: amax is clamped to >= amax_floor (1e-4,
-as in DeepSeek's later kernels), so their scale is finite and they quantize to exact zeros.
+as in DeepSeek's later kernels), so their scale is finite and they quantize to exact zeros; amax_floor
+must therefore be finite and > 0 (at least the smallest normal float32): 0 would give scale 0 and
+0/0 = NaN, so it is refused.
 NaN or inf inputs raise ValueError: a scale computed from them would silently poison the whole group.
 """
 
@@ -126,10 +128,18 @@ def _check_finite(amax: torch.Tensor) -> None:
 
 def compute_scale(amax: torch.Tensor, fmt: str | FP8Format = "e4m3", scale: str = "amax",
                   amax_floor: float = AMAX_FLOOR) -> torch.Tensor:
-    """Scale from a group's max |x|:  s = max(amax, floor) / fmt.max, or its next power of two ("pow2")."""
+    """Scale from a group's max |x|:  s = max(amax, floor) / fmt.max, or its next power of two ("pow2").
+
+    amax_floor (finite, >= the smallest normal float32) keeps every scale finite and nonzero, so all-zero
+    groups quantize to exact zeros.
+    """
     f = get_format(fmt)
     if scale not in SCALE_MODES:
         raise ValueError(f"unknown scale mode {scale!r}; choose one of {SCALE_MODES}")
+    fi = torch.finfo(torch.float32)                 # a normal float32: smaller floors underflow s to 0
+    if isinstance(amax_floor, bool) or not isinstance(amax_floor, (int, float)) or not fi.tiny <= amax_floor <= fi.max:
+        raise ValueError(f"amax_floor must be a finite number >= {fi.tiny:.3g} (default {AMAX_FLOOR}, as in DeepSeek's "
+                         f"kernels), got {amax_floor!r}: with 0 an all-zero group gets scale 0 and 0/0 = NaN")
     _check_finite(amax)
     s = amax.float().clamp_min(amax_floor) / f.max
     # pow2: s = 2^ceil(log2(amax / max)) >= amax / max, so amax / s <= max still holds
@@ -308,27 +318,39 @@ def round_to_bits(x: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
     return (x.view(torch.int64) & ~((1 << (52 - mantissa_bits)) - 1)).view(torch.float64)
 
 
+MMA_K = 32   # K of one Hopper FP8 tensor-core instruction: wgmma.mma_async m64nNk32 (e4m3/e5m2), as Ada's mma k32
+
+
 def limited_precision_matmul(a: torch.Tensor, b: torch.Tensor, mantissa_bits: int = 14,
-                             promote_every: int | None = 128) -> torch.Tensor:
+                             promote_every: int | None = 128, mma_k: int = MMA_K) -> torch.Tensor:
     """C = a (M, K) @ b (N, K)^T summed the way an FP8 tensor core does; fp32 (M, N).
 
-    The tensor core's running sum keeps only ~14 fraction bits (H800, report section 3.3): bits
-    shifted out while aligning each addend are lost, modelled as round-toward-zero after every add:
-        S_j = round_to_bits(S_{j-1} + a_j b_j)
-    promote_every = N_C: every N_C products the partial sum is copied to an FP32 register
-    accumulator and restarted (DeepSeek-V3: N_C = 128); None: all K products stay in the tensor core.
+    One tensor-core instruction (MMA) reduces a K slice of `mma_k` products, and its partial sum is added
+    to the running accumulator, which keeps only ~14 fraction bits (H800, report section 3.3): the bits
+    shifted out while aligning the addends are lost, modelled as round-toward-zero after every such add,
+        S_g = round_to_bits(S_{g-1} + sum_{j in slice g} a_j b_j)       (the slice's sum exact)
+    mma_k = 32 is the K of Hopper's FP8 instruction (wgmma m64nNk32); mma_k = 1 truncates after every
+    scalar product, a pessimistic bound. The hardware's internal adder is not published: this is a model.
+    promote_every = N_C: every N_C products the partial sum is copied to an FP32 register accumulator and
+    restarted (DeepSeek-V3: N_C = 128, i.e. 4 MMAs); None: all K products stay in the tensor core. Slices
+    never straddle a promotion (a chunk shorter than mma_k is one slice).
     Computed in float64 so that the only rounding is the one being modelled; all chunks run at once.
     """
     (M, K), N = a.shape, b.shape[0]
     L = K if promote_every is None else promote_every
-    if L <= 0:
+    if not isinstance(L, int) or L <= 0:
         raise ValueError(f"promote_every must be a positive number of K elements or None, got {promote_every!r}")
-    nC = -(-K // L)
-    a3 = F.pad(a.double(), (0, nC * L - K)).reshape(M, nC, L).permute(2, 1, 0).contiguous()  # (L, nC, M)
-    b3 = F.pad(b.double(), (0, nC * L - K)).reshape(N, nC, L).permute(2, 1, 0).contiguous()  # (L, nC, N)
+    if isinstance(mma_k, bool) or not isinstance(mma_k, int) or mma_k <= 0:
+        raise ValueError(f"mma_k must be a positive integer (K of one tensor-core MMA, {MMA_K} on Hopper), "
+                         f"got {mma_k!r}")
+    G = min(mma_k, L)
+    nC, nG = -(-K // L), -(-L // G)
+    slices = lambda x: F.pad(F.pad(x.double(), (0, nC * L - K)).reshape(x.shape[0], nC, L),
+                             (0, nG * G - L)).reshape(x.shape[0], nC, nG, G)   # zero padding adds nothing
+    partial = torch.einsum("mcgj,ncgj->gcmn", slices(a), slices(b))          # (nG, nC, M, N): one per MMA
     acc = torch.zeros(nC, M, N, dtype=torch.float64, device=a.device)
-    for j in range(L):  # sequential inside a chunk, every chunk at once
-        acc = round_to_bits(acc + a3[j, :, :, None] * b3[j, :, None, :], mantissa_bits)  # (nC, M, N)
+    for g in range(nG):  # sequential inside a chunk, every chunk at once
+        acc = round_to_bits(acc + partial[g], mantissa_bits)                  # (nC, M, N)
     out = torch.zeros(M, N, dtype=torch.float32, device=a.device)
     for c in range(nC):  # promotion: FP32 additions of the chunk partial sums
         out += acc[c].float()
@@ -336,13 +358,15 @@ def limited_precision_matmul(a: torch.Tensor, b: torch.Tensor, mantissa_bits: in
 
 
 def accumulation_error_vs_k(ks=(128, 256, 512, 1024, 2048, 4096), m: int = 32, n: int = 32,
-                            mantissa_bits: int = 14, promote_every: int = 128, seed: int = 0) -> list[dict]:
+                            mantissa_bits: int = 14, promote_every: int = 128, seed: int = 0,
+                            mma_k: int = MMA_K) -> list[dict]:
     """Relative error ||C - C_exact||_F / ||C_exact||_F of an FP8 GEMM's accumulation, against K.
 
     Inputs: randn activations (1x128 tiles) and weights (128x128 blocks), quantized to E4M3; C_exact
     is the float64 product of the SAME quantized values, so only accumulation error is measured.
     Columns: "limited" (all K in the ~14-bit accumulator), "promoted" (FP32 promotion every N_C),
-    "fp32" (the released kernel: per-chunk scaled partial products summed in FP32).
+    "fp32" (the released kernel: per-chunk scaled partial products summed in FP32); mma_k as in
+    limited_precision_matmul.
     """
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -353,9 +377,8 @@ def accumulation_error_vs_k(ks=(128, 256, 512, 1024, 2048, 4096), m: int = 32, n
         a_hat, b_hat = dequantize(qa, sa, "tile"), dequantize(qb, sb, "block")
         exact = a_hat.double() @ b_hat.double().t()
         err = lambda c: float((c.double() - exact).norm() / exact.norm())
-        rows.append({"k": k,
-                     "limited": err(limited_precision_matmul(a_hat, b_hat, mantissa_bits, None)),
-                     "promoted": err(limited_precision_matmul(a_hat, b_hat, mantissa_bits, promote_every)),
+        limited = lambda every: limited_precision_matmul(a_hat, b_hat, mantissa_bits, every, mma_k)
+        rows.append({"k": k, "limited": err(limited(None)), "promoted": err(limited(promote_every)),
                      "fp32": err(scaled_matmul(qa, sa, qb, chunk_scales(sb, "block", n, k), backend="chunked"))})
     return rows
 

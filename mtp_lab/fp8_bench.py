@@ -237,16 +237,17 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from .cli import check_output, set_threads
+
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         raise ValueError(f"unknown --parts {unknown or parts}; choose from {','.join(PARTS)}")
     if min(args.steps, args.batch_size, args.seq_len, args.cost_rounds, args.prompts, args.new_tokens) <= 0:
         raise ValueError("--steps, --batch-size, --seq-len, --cost-rounds, --prompts and --new-tokens must be > 0")
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise ValueError(f"--threads must be > 0, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.json:
+        check_output(args.json, "--json", folder=False)
+    set_threads(args.threads)
     results, corpus = {}, None
     if {"cost", "train"} & set(parts):
         from .data import build_corpus

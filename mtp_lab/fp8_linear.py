@@ -6,8 +6,12 @@ All three GEMMs of a linear layer y = x W^T take E4M3 inputs and accumulate in F
     Wgrad   dW = dy^T x     dy and x re-quantized in 128x1 tiles (along tokens, the GEMM's K); x is the
                             FP8 activation cached by the forward, dequantized and transposed first
 Master weights, their gradients and the layer's output stay in high precision (FP32 here, or the
-input's dtype under autocast). `apply_fp8_recipe` puts FP8Linear into the transformer blocks and the
-MTP projections and leaves the embedding, output head, norms and attention core (softmax(QK^T)V) alone.
+input's dtype under autocast). `apply_fp8_recipe` puts FP8Linear into the transformer blocks (the main
+model's, the MTP modules', or both) and leaves the embedding, output head, norms and attention core
+(softmax(QK^T)V) alone. The MTP projection `eh_proj` also stays in high precision by default, as in the
+released DeepSeek-V3 checkpoint (BF16, no `weight_scale_inv`; vLLM and SGLang load it as a plain Linear);
+`eh_proj_fp8=True` quantizes it too, which is what the report's recipe implies: eh_proj is a GEMM, and its
+list of components kept in high precision (embedding, output head, MoE gating, norms, attention) omits it.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import copy
 import torch
 import torch.nn as nn
 
+from .config import FP8_CHOICES
 from .fp8 import BACKENDS, SCALE_MODES, chunk_scales, dequantize, quant_stats, quantize, scaled_matmul
 
-FP8_SCOPES = ("none", "main", "mtp", "all")
+FP8_SCOPES = FP8_CHOICES                # the values of ModelConfig.fp8
 BLOCK_LINEARS = ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "ffn.w1", "ffn.w2", "ffn.w3")
 
 
@@ -115,7 +120,7 @@ class FP8Linear(nn.Linear):
                f"backend={self.backend}"
 
 
-def _targets(model: nn.Module, scope: str) -> list[str]:
+def _targets(model: nn.Module, scope: str, eh_proj_fp8: bool) -> list[str]:
     """Qualified names of the linears the recipe converts for `scope`."""
     if scope not in FP8_SCOPES[1:]:
         raise ValueError(f"unknown FP8 scope {scope!r}; choose one of {FP8_SCOPES[1:]} "
@@ -125,21 +130,26 @@ def _targets(model: nn.Module, scope: str) -> list[str]:
         names += [f"layers.{i}.{lin}" for i in range(len(model.layers)) for lin in BLOCK_LINEARS]
     if scope in ("mtp", "all"):
         for k in range(len(model.mtp)):
-            names += [f"mtp.{k}.eh_proj"] + [f"mtp.{k}.block.{lin}" for lin in BLOCK_LINEARS]
+            names += ([f"mtp.{k}.eh_proj"] if eh_proj_fp8 else []) + [f"mtp.{k}.block.{lin}" for lin in BLOCK_LINEARS]
     return names
 
 
-def apply_fp8_recipe(model: nn.Module, scope: str = "mtp", inplace: bool = True, **fp8_kwargs) -> nn.Module:
+def apply_fp8_recipe(model: nn.Module, scope: str = "mtp", inplace: bool = True, eh_proj_fp8: bool = False,
+                     **fp8_kwargs) -> nn.Module:
     """Swap the block linears of an MTPModel for FP8Linear, DeepSeek-V3 style.
 
-    scope "main": the main model's blocks; "mtp": each MTP module's eh_proj and block; "all": both.
-    Embedding, output head, every RMSNorm and the attention core stay in high precision.
+    scope "main": the main model's blocks; "mtp": each MTP module's block; "all": both.
+    Embedding, output head, every RMSNorm and the attention core stay in high precision, and so does each
+    MTP module's eh_proj unless eh_proj_fp8=True (the released checkpoint keeps it in BF16).
     inplace=False converts a deep copy (e.g. an FP8 drafter next to a full-precision target).
-    `model.config.fp8` is updated to describe the result. Returns the converted model.
+    `model.config.fp8` is updated to describe the result (it does not record eh_proj_fp8: a model rebuilt
+    from its config keeps eh_proj in high precision). Returns the converted model.
     """
+    if not isinstance(eh_proj_fp8, bool):
+        raise ValueError(f"eh_proj_fp8 must be True or False, got {eh_proj_fp8!r}")
     if not inplace:
         model = copy.deepcopy(model)
-    for name in _targets(model, scope):
+    for name in _targets(model, scope, eh_proj_fp8):
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         linear = getattr(parent, attr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +37,13 @@ def mtp_loss(out: MTPOutput, targets: torch.Tensor, lam: float, normalize: str =
 
     normalize="report" divides each depth's summed loss by T as the report writes it;
     normalize="mean" divides by the T-k positions that have a target (a plain average).
+    Every target must be a token id in [0, V): there is no ignore_index (torch's -100 raises ValueError).
     """
     if normalize not in ("report", "mean"):
         raise ValueError(f"normalize must be 'report' or 'mean', got {normalize!r}")
+    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets must be a tensor of integer token ids (int64), got "
+                         f"{getattr(targets, 'dtype', type(targets).__name__)}")
     if targets.shape != out.logits.shape[:2]:
         raise ValueError(f"targets shape {tuple(targets.shape)} must equal the logits' (B, T) "
                          f"{tuple(out.logits.shape[:2])}")
@@ -46,9 +51,16 @@ def mtp_loss(out: MTPOutput, targets: torch.Tensor, lam: float, normalize: str =
     D = len(out.mtp_logits)
     if D and T <= D:
         raise ValueError(f"sequence length T={T} must exceed mtp_depth D={D}: depth D needs T-D >= 1 positions")
-    if lam < 0:
-        raise ValueError(f"lambda must be >= 0, got {lam}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lambda must be a finite number >= 0 (DeepSeek-V3: 0.3, then 0.1), got {lam!r}")
     V = out.logits.shape[-1]
+    if targets.numel() == 0:
+        raise ValueError("targets is empty (batch size 0): give at least one sequence")
+    lo, hi = torch.stack(torch.aminmax(targets)).tolist()  # cheap: one pass over the (B, T) ids, one sync
+    if lo < 0 or hi >= V:
+        raise ValueError(f"targets must be token ids in [0, {V}), got range [{lo}, {hi}]; mtp_loss has no "
+                         f"ignore_index (-100 is not skipped): crop padded positions out before the loss")
+    targets = targets.long()
     main = F.cross_entropy(out.logits.reshape(-1, V).float(), targets.reshape(-1))
     depth = []
     for k, logits_k in enumerate(out.mtp_logits, start=1):

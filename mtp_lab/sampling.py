@@ -1,7 +1,11 @@
 """Logits -> next-token probabilities: temperature, top-k, top-p. One rule, shared by AR and speculative decoding.
 
-Speculative sampling is exact only if the target p and the draft q are shaped by the SAME rule, so both
-engines call `SamplingParams.probs` on every distribution they compare or sample from.
+Speculative sampling is exact for ANY draft distribution q, provided q is the distribution the draft was
+actually drawn from: accept with min(1, p/q), else resample from norm(max(0, p - q)), and the emitted token
+is distributed as p. Only p must be shaped by the user's rule (it is the output distribution). Shaping q by
+the same rule is not needed for exactness; it usually raises acceptance, P(accept) = sum_x min(p(x), q(x)), by
+bringing q closer to p. So both engines shape p with `SamplingParams.probs`, and the MTP drafter draws its
+drafts from `SamplingParams.probs` of its own logits (and reports that q).
 """
 
 from __future__ import annotations
@@ -11,6 +15,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def check_sampling(temperature, top_k, top_p) -> None:
+    """ValueError naming the first bad setting: temperature a finite number >= 0, top_k None or an int >= 1,
+    top_p None or a number in (0, 1]. Shared by probs_from_logits and SamplingParams."""
+    t, k, p = temperature, top_k, top_p
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {k!r}")
+    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {p!r}")
 
 
 def probs_from_logits(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -24,6 +40,7 @@ def probs_from_logits(logits: torch.Tensor, temperature: float = 0.0, top_k: int
         top-p: keep the smallest set of most likely tokens whose mass reaches top_p (the token that
                crosses top_p is kept), then renormalise.
     """
+    check_sampling(temperature, top_k, top_p)
     V = logits.shape[-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature == 0:
@@ -51,15 +68,7 @@ class SamplingParams:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-        k = self.top_k
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"top_k must be None or an integer >= 1, got {k!r}")
-        p = self.top_p
-        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
-            raise ValueError(f"top_p must be None or a number in (0, 1], got {p!r}")
+        check_sampling(self.temperature, self.top_k, self.top_p)
 
     @property
     def greedy(self) -> bool:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_model, load_train_state, save_model, save_train_state
+from .checkpoint import load_model, load_train_state, recover, save_checkpoint
 from .config import ModelConfig
 from .data import Corpus, eval_batches, sample_batch
 from .loss import mtp_lambda, mtp_loss
@@ -30,7 +30,7 @@ from .model import MTPModel
 @dataclass
 class TrainConfig:
     # defaults = the shipped course model's recipe (assets/MODEL_CARD.md: 2 processes under torchrun)
-    steps: int = 1500                 # optimizer steps
+    steps: int = 1800                 # optimizer steps
     batch_size: int = 16              # sequences per step and rank (global batch = batch_size x world size)
     seq_len: int = 128                # training context T (<= the model's max_seq_len)
     lr: float = 2e-3                  # peak learning rate
@@ -50,10 +50,21 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "eval_interval", "eval_batches", "save_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"TrainConfig.warmup must be >= 0, got {self.warmup}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):   # NaN fails every comparison: not v >= 0
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.lr == 0:
+            raise ValueError("TrainConfig.lr (the peak learning rate) must be > 0, got 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must lie in [0, 1), got {self.betas}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
-        if self.lam is not None and self.lam < 0:
-            raise ValueError(f"lambda must be >= 0 (or None for the schedule), got {self.lam}")
+        if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"lambda must be a finite number >= 0 (or None for the schedule), got {self.lam}")
+        if not 0 <= self.seed < 2 ** 64:
+            raise ValueError(f"seed must lie in [0, 2^64), got {self.seed}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -204,6 +215,7 @@ class Trainer:
         self.val_batches = eval_batches(corpus.splits["val"], cfg.eval_batches, cfg.batch_size, cfg.seq_len)
         self.step = 0
         self.elapsed = 0.0
+        self.saved_step: int | None = None                 # step of the last checkpoint written or resumed
 
     @property
     def is_main(self) -> bool:
@@ -219,6 +231,8 @@ class Trainer:
         return self.cfg.lam if self.cfg.lam is not None else mtp_lambda(step / self.cfg.steps)
 
     def train_step(self) -> StepRecord:
+        """One optimizer step. A non-finite loss or gradient norm raises FloatingPointError before the update,
+        so the weights (and any checkpoint) stay those of the last finite step."""
         step, cfg = self.step, self.cfg
         lr, lam = lr_at(step, cfg), self.lam_at(step)
         for group in self.optimizer.param_groups:
@@ -228,65 +242,76 @@ class Trainer:
             out = (self.ddp or self.model)(x)
         parts = mtp_loss(out, y, lam)
         parts.total.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
-                                              else float("inf"))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                                    else float("inf")))
         logged = torch.stack([parts.total.detach(), parts.main.detach(), *[d.detach() for d in parts.depth]])
-        if self.world > 1:                                  # log the mean over ranks
+        if self.world > 1:                                  # log the mean over ranks (NaN anywhere: NaN on all)
             dist.all_reduce(logged)
             logged /= self.world
         logged = logged.tolist()
+        if not (math.isfinite(logged[0]) and math.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"training step {step + 1}: loss {logged[0]}, gradient norm {norm} (lambda "
+                                     f"{lam}, lr {lr:.3g}): not finite; stopped before the update")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
         return StepRecord(step=self.step, loss=logged[0], main=logged[1], depth=logged[2:], lam=lam, lr=lr,
-                          grad_norm=float(norm), tokens=self.step * cfg.batch_size * cfg.seq_len * self.world,
+                          grad_norm=norm, tokens=self.step * cfg.batch_size * cfg.seq_len * self.world,
                           elapsed=self.elapsed)
 
     def evaluate(self) -> dict:
         return evaluate(self.model, self.val_batches, autocast=self.autocast)
 
     def fit(self, out: str | Path | None = None) -> list[tuple[int, dict]]:
-        """Train from self.step to cfg.steps; evaluate and (with `out`) checkpoint periodically."""
+        """Train from self.step to cfg.steps; evaluate and (with `out`) checkpoint periodically. Callbacks see
+        on_train_end also when training stops early (Ctrl-C, a non-finite loss)."""
         callbacks = self.callbacks if self.is_main else []
         for cb in callbacks:
             cb.on_train_start(self)
         evals = []
         self.model.train()
         start = time.perf_counter() - self.elapsed
-        while self.step < self.cfg.steps:
-            record = self.train_step()
-            self.elapsed = record.elapsed = time.perf_counter() - start
-            for cb in callbacks:
-                cb.on_step(self, record)
-            done = self.step == self.cfg.steps
-            if self.is_main and (self.step % self.cfg.eval_interval == 0 or done):
-                result = self.evaluate()
-                evals.append((self.step, result))
+        try:
+            while self.step < self.cfg.steps:
+                record = self.train_step()
+                self.elapsed = record.elapsed = time.perf_counter() - start
                 for cb in callbacks:
-                    cb.on_eval(self, self.step, result)
-            if out is not None and (self.step % self.cfg.save_interval == 0 or done):
-                self.save(out)
-        for cb in callbacks:
-            cb.on_train_end(self)
+                    cb.on_step(self, record)
+                done = self.step == self.cfg.steps
+                if self.is_main and (self.step % self.cfg.eval_interval == 0 or done):
+                    result = self.evaluate()
+                    evals.append((self.step, result))
+                    for cb in callbacks:
+                        cb.on_eval(self, self.step, result)
+                if out is not None and (self.step % self.cfg.save_interval == 0 or done):
+                    self.save(out)
+        finally:
+            for cb in callbacks:
+                cb.on_train_end(self)
         return evals
 
     def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
-        """Model checkpoint plus optimizer and step (rank 0 only); `resume` continues it exactly."""
+        """Model checkpoint plus optimizer and step, as one atomic unit (rank 0 only); `resume` continues it
+        exactly."""
         if not self.is_main:
             return
-        save_model(directory, self.model, self.corpus.tokenizer, dtype=dtype)
-        save_train_state(directory, self.optimizer, {"step": self.step, "elapsed": self.elapsed,
-                                                     "train_config": self.cfg.to_dict()})
+        save_checkpoint(directory, self.model, self.corpus.tokenizer, self.optimizer,
+                        {"step": self.step, "elapsed": self.elapsed, "train_config": self.cfg.to_dict()}, dtype)
+        self.saved_step = self.step
 
     def resume(self, directory: str | Path) -> None:
-        """Load weights, optimizer moments and step from `directory` (written by save)."""
+        """Load weights, optimizer moments and step from `directory` (written by save; an interrupted save is
+        completed or dropped first, and every file is checked against trainer.json)."""
+        recover(directory)
         loaded = load_model(directory, device=self.device)
         if loaded.config != self.model.config:
             raise ValueError(f"checkpoint {directory} has model config {loaded.config}, this run uses "
                              f"{self.model.config}; resume with the same preset and overrides")
-        self.model.load_state_dict(loaded.state_dict())
         meta = load_train_state(directory, self.optimizer)
-        self.step, self.elapsed = int(meta["step"]), float(meta.get("elapsed", 0.0))
+        self.model.load_state_dict(loaded.state_dict())
+        self.step, self.elapsed = meta["step"], float(meta.get("elapsed", 0.0))
+        self.saved_step = self.step
 
 
 def _local_rank() -> int:

@@ -32,7 +32,10 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="course", help="model preset (default: course)")
     p.add_argument("--mtp-depth", type=int, default=None, help="override the preset's MTP depth D (0 = none)")
     p.add_argument("--out", default="runs/course", help="checkpoint folder (default: runs/course)")
-    p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start a new run even though --out holds one (replaced at the first checkpoint)")
     p.add_argument("--export", default=None, help="at the end, also write the model (--export-dtype) and "
                                                   "its val/test metrics to this folder")
     p.add_argument("--export-dtype", choices=["bfloat16", "float32"], default="bfloat16")
@@ -68,29 +71,55 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def check_outputs(args) -> None:
+    """Everything `run` will write, checked before the corpus loads: --out (a run there needs --resume or
+    --overwrite), --export (never the training checkpoint), and a --tokenizer that will be trained."""
+    from .checkpoint import CONFIG_FILE, MODEL_FILE, STAGING_DIR, TRAINER_FILE
+    from .cli import check_output
+
+    out = check_output(args.out, "--out", folder=True)
+    held = any((out / name).exists() for name in (CONFIG_FILE, MODEL_FILE, TRAINER_FILE, STAGING_DIR))
+    if held and not (args.resume or args.overwrite):
+        raise ValueError(f"--out {out} already holds a checkpoint; continue it with --resume, replace it with "
+                         f"--overwrite, or give another --out")
+    if args.export:
+        export = check_output(args.export, "--export", folder=True)
+        if export.resolve() == out.resolve() or (export / TRAINER_FILE).exists():
+            raise ValueError(f"--export {export} is a training checkpoint folder: the export would replace its "
+                             f"fp32 weights with {args.export_dtype} ones; give another --export")
+    if args.tokenizer and not args.resume and not Path(args.tokenizer).is_file():
+        check_output(args.tokenizer, "--tokenizer", folder=False)     # trained on the corpus and saved there
+
+
 def run(args) -> int:
-    from .checkpoint import TRAINER_FILE, load_config
+    from .checkpoint import TOKENIZER_FILE, TRAINER_FILE, CheckpointError, load_config, read_trainer_state
+    from .cli import set_threads
     from .data import DEFAULT_TOKENIZER, build_corpus
     from .distill import DistillConfig, distill
     from .train import ProgressBar, TrainConfig, Trainer
 
     if args.distill_steps and not args.export:
         raise ValueError("--distill-steps changes the exported model only: give --export DIR as well")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_outputs(args)
+    set_threads(args.threads)
     out = Path(args.out)
     overrides = {k: v for k, v in (("mtp_depth", args.mtp_depth), ("fp8", getattr(args, "fp8", None)))
                  if v is not None}
     given = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     if args.resume:
+        saved = read_trainer_state(out).get("train_config")   # completes an interrupted save first
         model_cfg, _ = load_config(out)
         if any(getattr(model_cfg, k) != v for k, v in overrides.items()):
             raise ValueError(f"--resume uses the model config saved in {out}; drop the conflicting overrides "
                              f"{overrides}")
-        saved = json.loads((out / TRAINER_FILE).read_text())["train_config"]
-        saved["betas"] = tuple(saved["betas"])
-        train_cfg = TrainConfig(**{**saved, **given})
-        tokenizer = out / "tokenizer.json"
+        try:
+            if not isinstance(saved, dict):
+                raise TypeError("it is not an object")
+            train_cfg = TrainConfig(**{**saved, "betas": tuple(saved.get("betas", TrainConfig.betas))})
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{out / TRAINER_FILE}: invalid train_config ({e}); the file is corrupt") from e
+        train_cfg = dataclasses.replace(train_cfg, **given)
+        tokenizer = out / TOKENIZER_FILE
     else:
         model_cfg = get_preset(args.preset, **overrides)
         train_cfg = TrainConfig(**given)
@@ -114,7 +143,14 @@ def run(args) -> int:
     if args.distill_steps:
         distill_cfg = DistillConfig(steps=args.distill_steps, seq_len=train_cfg.seq_len,
                                     prompt_len=min(DistillConfig.prompt_len, train_cfg.seq_len // 4))
-    trainer.fit(out)
+    try:
+        trainer.fit(out)
+    except (KeyboardInterrupt, FloatingPointError, OSError) as e:   # Ctrl-C, a diverged run, a full disk
+        first = min(train_cfg.save_interval, train_cfg.steps)
+        where = (f"the last checkpoint, step {trainer.saved_step}, is in {out}: continue with "
+                 f"`mtp-lab train --out {out} --resume`" if trainer.saved_step is not None else
+                 f"no checkpoint of this run was written (the first comes at step {first})")
+        raise type(e)(f"{e}; {where}" if str(e) else f"stopped at step {trainer.step}; {where}") from None
     if trainer.is_main and args.export:
         extra, undistilled = {}, None
         if distill_cfg is not None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtp_lab import (GenerationResult, ModelConfig, MTPDrafter, MTPModel, NGramDrafter, SamplingParams, generate,
-                     mtp_loss, speculative_generate, speculative_steps)
+                     get_preset, mtp_loss, speculative_generate, speculative_steps)
 from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")      # tiny models: one thread is fastest
@@ -172,6 +172,51 @@ def test_mtp_draft_distributions_equal_a_full_forward(trained):
                 checked += 1
         tokens += ev.emitted
     assert checked > 20
+
+
+def drafts_beyond_depth_reference(model, tokens, drafts):
+    """Each draft's logits recomputed by hand, full sequence, no KV cache (t_0..t_n committed).
+
+    j <= D: module j over positions 0..n-1, reading t_{i+j} (the drafts past t_n), as in training.
+    j > D:  module D over positions 0..n-1+(j-D): its hidden input at positions 0..n-1 is h^{D-1}, at each
+            later position the state module D output one position earlier (forward_mtp's post-norm state),
+            its token input at position i is still t_{i+D}, so d_{j-1} at the last position.
+    """
+    D, n = len(model.mtp), len(tokens) - 1
+    seq = torch.tensor(tokens + drafts)[None]
+    _, h = model.forward_main(seq[:, :n])                                      # h_0..h_{n-1}
+    logits_out = []
+    for j in range(1, D + 1):
+        h_in = h
+        logits, h = model.forward_mtp(j, h_in, seq[:, j:n + j])
+        logits_out.append(logits[0, -1])
+    for j in range(D + 1, len(drafts) + 1):
+        h_in = torch.cat([h_in, h[:, -1:]], dim=1)                             # append the recycled state
+        logits, h = model.forward_mtp(D, h_in, seq[:, D:n + j])
+        logits_out.append(logits[0, -1])
+    return torch.stack(logits_out)                                             # (k, V)
+
+
+def test_mtp_drafts_beyond_depth_equal_a_cache_free_reference():
+    """k = D + 2 on the tiny preset, random weights and gains: drafts and logits of every position, module D's
+    two reuses included, equal the hand-built full-sequence reference at every step of a greedy generation."""
+    torch.manual_seed(4)
+    model = MTPModel(get_preset("tiny")).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)                     # a norm in the wrong place changes the numbers
+    k = model.config.mtp_depth + 2                     # D = 2: module 2 drafts positions 2, 3 and 4
+    tokens = [5, 17, 40, 2, 33, 9]
+    checked = 0
+    for ev in speculative_steps(model, tokens, 30, num_draft=k, drafter=MTPDrafter(model)):
+        if len(ev.draft_tokens) == k:
+            ref = drafts_beyond_depth_reference(model, tokens, ev.draft_tokens)
+            torch.testing.assert_close(ev.draft_logits, ref)
+            assert ev.draft_tokens == ref.argmax(-1).tolist()                  # greedy drafts: the argmaxes
+            checked += 1
+        tokens += ev.emitted
+    assert checked >= 5
 
 
 # ---------------------------------------------------------------- events and metrics

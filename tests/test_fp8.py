@@ -1,12 +1,14 @@
 """FP8 simulation: formats, fine-grained quantization, the scaled GEMM, accumulation, FP8Linear, recipe."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mtp_lab import MTPModel, get_preset
-from mtp_lab.fp8 import (FORMATS, accumulation_error_vs_k, chunk_scales, dequantize, fake_quantize,
-                         fp8_matmul, limited_precision_matmul, quant_stats, quantize, round_to_bits,
+from mtp_lab.fp8 import (FORMATS, MMA_K, accumulation_error_vs_k, chunk_scales, compute_scale, dequantize,
+                         fake_quantize, fp8_matmul, limited_precision_matmul, quant_stats, quantize, round_to_bits,
                          scaled_matmul, scaled_mm_available)
 from mtp_lab.fp8_linear import BLOCK_LINEARS, FP8Linear, apply_fp8_recipe, fp8_layers, fp8_stats, record_fp8_stats
 
@@ -109,6 +111,27 @@ def test_all_zero_group_and_non_finite_input():
             quantize(y, "e4m3", "tile")
 
 
+@pytest.mark.parametrize("floor", [0, 0.0, -1e-4, float("nan"), float("inf"), 1e-45, 1e39, "1e-4", True])
+def test_amax_floor_must_be_a_positive_normal_float32(floor):
+    # amax_floor=0 used to give scale 0 and q = 0/0 = NaN for an all-zero group, silently
+    with pytest.raises(ValueError, match="amax_floor must be a finite number >= 1.18e-38"):
+        quantize(torch.zeros(2, 128), "e4m3", "tile", amax_floor=floor)
+    q, s = quantize(torch.zeros(2, 128), "e4m3", "tile", amax_floor=1e-30)   # tiny but valid
+    assert torch.isfinite(s).all() and (s > 0).all() and torch.equal(dequantize(q, s, "tile"), torch.zeros(2, 128))
+
+
+def test_pow2_scale_is_the_next_power_of_two_up():
+    """ue8m0: s = 2^ceil(log2(amax / 448)), the SMALLEST power of two with amax / s <= 448 (rounding down
+    would saturate the group's largest values). Reference from math.frexp, not from log2."""
+    amax = torch.tensor([448 * 2.0 ** e * m for e in (-20, -3, 0, 5) for m in (1.0, 1.1, 1.5, 1.99)])
+    for a, got in zip(amax.tolist(), compute_scale(amax, "e4m3", "pow2").tolist()):
+        frac, e = math.frexp(a / 448)                     # a / 448 = frac 2^e, 0.5 <= frac < 1
+        want = 2.0 ** (e - 1) if frac == 0.5 else 2.0 ** e
+        assert got == want and 224 < a / got <= 448
+    q, s = quantize(torch.tensor([[1.1 * 448, -3.0, 0.5]]), "e4m3", "tensor", scale="pow2")
+    assert float(q.float().abs().max()) <= 448 and float(s) == 2.0
+
+
 def test_bad_arguments_are_named():
     x = torch.ones(4, 128)
     with pytest.raises(ValueError, match="format"):
@@ -180,6 +203,48 @@ def test_round_to_bits_truncates_toward_zero():
                        torch.tensor([1.5], dtype=torch.float64))
 
 
+def truncate(x: float, bits: int) -> float:
+    """x with 1 + bits significant bits, rounded toward zero (via math.frexp: independent of round_to_bits)."""
+    if x == 0:
+        return 0.0
+    m, e = math.frexp(x)                                  # x = m 2^e, 0.5 <= |m| < 1
+    return math.ldexp(math.trunc(m * 2 ** (bits + 1)), e - bits - 1)
+
+
+def grouped_reference(a, b, bits, promote_every, mma_k):
+    """Scalar loops: per output, per promotion chunk, add each MMA slice's exact sum, then truncate."""
+    K = a.shape[1]
+    L = K if promote_every is None else promote_every
+    out = []
+    for row in a.tolist():
+        out.append([])
+        for col in b.tolist():
+            total = 0.0
+            for c0 in range(0, K, L):
+                acc, c1 = 0.0, min(c0 + L, K)
+                for g0 in range(c0, c1, mma_k):
+                    acc = truncate(acc + math.fsum(row[t] * col[t] for t in range(g0, min(g0 + mma_k, c1))), bits)
+                total += acc
+            out[-1].append(total)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_accumulation_adds_one_exact_mma_slice_at_a_time():
+    """S_g = trunc(S_{g-1} + sum of the slice's products), restarted every promote_every; small integers keep
+    every sum exact, so the model must match the loops bit for bit."""
+    assert MMA_K == 32                                    # Hopper FP8 wgmma: K = 32 per instruction
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.randint(-8, 9, (3, 100), generator=g).float(), torch.randint(-8, 9, (4, 100), generator=g).float()
+    results = {}
+    for mma_k, every in [(8, 40), (1, 40), (32, None), (16, 10)]:
+        results[mma_k, every] = got = limited_precision_matmul(a, b, 4, every, mma_k)
+        assert torch.equal(got.double(), grouped_reference(a, b, 4, every, mma_k)), (mma_k, every)
+    assert not torch.equal(results[8, 40], results[1, 40])    # the grouping matters at 4 bits
+    assert torch.equal(limited_precision_matmul(a, b, 4), limited_precision_matmul(a, b, 4, 128, 32))
+    with pytest.raises(ValueError, match="mma_k must be a positive integer"):
+        limited_precision_matmul(a, b, 14, 128, 0)
+
+
 def test_limited_accumulation_exact_with_full_precision_and_worse_without_promotion():
     g = torch.Generator().manual_seed(6)
     a, b = torch.randn(8, 300, generator=g), torch.randn(5, 300, generator=g)
@@ -239,9 +304,10 @@ def test_fp8_linear_stats():
 
 # ----------------------------------------------------------------------------- the recipe
 
-def expected_names(cfg, scope):
+def expected_names(cfg, scope, eh_proj=False):
     main = [f"layers.{i}.{n}" for i in range(cfg.n_layers) for n in BLOCK_LINEARS]
-    mtp = [f"mtp.{k}.{n}" for k in range(cfg.mtp_depth) for n in ["eh_proj"] + [f"block.{b}" for b in BLOCK_LINEARS]]
+    mtp = [f"mtp.{k}.{n}" for k in range(cfg.mtp_depth)
+           for n in (["eh_proj"] if eh_proj else []) + [f"block.{b}" for b in BLOCK_LINEARS]]
     return set({"main": main, "mtp": mtp, "all": main + mtp}[scope])
 
 
@@ -260,6 +326,18 @@ def test_recipe_converts_exactly_the_intended_modules(scope):
     assert all(p is params[n] for n, p in model.named_parameters())  # same master weights
     built = MTPModel(cfg.replace(fp8=scope))                         # the config flag does the same
     assert set(fp8_layers(built)) == expected_names(cfg, scope)
+
+
+def test_recipe_keeps_eh_proj_in_high_precision_unless_asked():
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    model = apply_fp8_recipe(MTPModel(cfg), "mtp")
+    assert all(type(m.eh_proj) is torch.nn.Linear for m in model.mtp)   # BF16 in the released checkpoint
+    both = apply_fp8_recipe(MTPModel(cfg), "all", eh_proj_fp8=True)     # what the report's recipe implies
+    assert set(fp8_layers(both)) == expected_names(cfg, "all", eh_proj=True)
+    assert all(isinstance(m.eh_proj, FP8Linear) for m in both.mtp) and both.config.fp8 == "all"
+    with pytest.raises(ValueError, match="eh_proj_fp8 must be True or False"):
+        apply_fp8_recipe(MTPModel(cfg), "mtp", eh_proj_fp8="yes")
 
 
 def test_recipe_copy_forward_and_errors():

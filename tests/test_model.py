@@ -1,5 +1,6 @@
 """Foundation tests: components against torch's own ops, caching, MTP recomputation, causality, loss, sharing."""
 
+import json
 import math
 
 import pytest
@@ -248,6 +249,32 @@ def test_loss_bad_input():
         mtp_loss(model(tokens(T=2)), tokens(T=2), lam=0.3)
 
 
+@pytest.mark.parametrize("change, match", [
+    (dict(pad=-100), r"no ignore_index \(-100 is not skipped\)"),   # torch would silently skip it
+    (dict(pad_all=-100), r"got range \[-100, -100\]"),              # torch would return NaN
+    (dict(pad=64), r"token ids in \[0, 64\)"),                       # torch would fail inside cross_entropy
+    (dict(pad=-1), r"token ids in \[0, 64\)"),
+    (dict(dtype=torch.float32), "integer token ids"),
+    (dict(lam=float("nan")), "lambda must be a finite number >= 0"),
+    (dict(lam=float("inf")), "lambda must be a finite number >= 0"),
+    (dict(lam=-0.1), "lambda must be a finite number >= 0"),
+    (dict(lam="0.3"), "lambda must be a finite number >= 0"),
+    (dict(lam=True), "lambda must be a finite number >= 0"),
+])
+def test_loss_refuses_unusable_targets_and_lambda(change, match):
+    model = make_model()
+    out = model(tokens(T=8))
+    y = tokens(T=8, seed=3)
+    if "pad" in change:
+        y[1, 5] = change["pad"]
+    if "pad_all" in change:
+        y[:] = change["pad_all"]
+    if "dtype" in change:
+        y = y.to(change["dtype"])
+    with pytest.raises(ValueError, match=match):
+        mtp_loss(out, y, lam=change.get("lam", 0.3))
+
+
 def test_lambda_schedule():
     assert mtp_lambda(0.0) == 0.3 and mtp_lambda(0.6) == 0.3
     assert mtp_lambda(0.7) == 0.1 and mtp_lambda(1.0) == 0.1
@@ -296,6 +323,41 @@ def test_config_roundtrip_and_presets():
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({**cfg.to_dict(), "dmodel": 3})
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(norm_eps=float("inf")), "norm_eps must be a finite number > 0"),     # all-zero logits otherwise
+    (dict(norm_eps=float("nan")), "norm_eps must be a finite number > 0"),
+    (dict(norm_eps="1e-6"), "norm_eps must be a finite number > 0"),           # a str from a hand-edited json
+    (dict(norm_eps=True), "norm_eps must be a finite number > 0"),
+    (dict(init_std=float("inf")), "init_std must be a finite number > 0"),
+    (dict(init_std="0.02"), "init_std must be a finite number > 0"),
+    (dict(rope_theta=float("inf")), "rope_theta must be a finite number > 0"),
+    (dict(rope_theta="10000"), "rope_theta must be a finite number > 0"),
+    (dict(rope_theta=None), "rope_theta must be a finite number > 0"),
+    (dict(mtp_input_norm="no"), "mtp_input_norm must be True or False"),       # "no" is truthy
+    (dict(mtp_input_norm=0), "mtp_input_norm must be True or False"),
+    (dict(mtp_input_norm=None), "mtp_input_norm must be True or False"),
+    (dict(fp8=None), "fp8 must be one of"),
+    (dict(fp8=["all"]), "fp8 must be one of"),
+    (dict(vocab_size=True), "vocab_size must be a positive integer"),
+    (dict(vocab_size="64"), "vocab_size must be a positive integer"),
+    (dict(n_heads=4.0), "n_heads must be a positive integer"),
+    (dict(mtp_depth=False), "mtp_depth must be an integer >= 0"),
+    (dict(max_seq_len=None), "max_seq_len must be a positive integer"),
+])
+def test_config_checks_every_field_from_the_api_and_from_json(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**bad)
+    # config.json goes through the same checks (json writes inf as Infinity and reads it back as inf)
+    text = json.dumps({**get_preset("tiny").to_dict(), **bad})
+    with pytest.raises(ValueError, match=match):
+        ModelConfig.from_dict(json.loads(text))
+
+
+def test_config_accepts_integral_floats():
+    cfg = ModelConfig(rope_theta=500000, norm_eps=1, init_std=0.01)     # json may store 500000.0 as 500000
+    assert cfg.rope_theta == 500000 and ModelConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
 def test_bad_tokens_rejected():

@@ -118,3 +118,14 @@ def test_break_even_exercise_check():
     textbook = evaluate("speedup", lambda a, k, c, v: expected_tokens(a, k) / (k * c + 1))
     assert textbook.status == "wrong" and "costs v" in textbook.message
     assert evaluate("speedup", lambda a, k, c, v: expected_tokens(a, k) / (k * c + v)).passed
+
+
+def test_shipped_models_have_the_preset_shapes_and_proportions():
+    from mtp_lab.bench import matmul_macs_per_token
+    from mtp_lab.checkpoint import PRETRAINED_DIR, SHALLOW_DIR, load_config
+    course, _ = load_config(PRETRAINED_DIR)
+    shallow, _ = load_config(SHALLOW_DIR)
+    assert course == get_preset("course") and shallow == get_preset("shallow")
+    assert (course.n_layers, shallow.n_layers) == (24, 4)
+    # one MTP module against the main model by matmul work alone: 0.098 against 0.420
+    assert matmul_macs_per_token(course)["c"] < 0.1 < 0.4 < matmul_macs_per_token(shallow)["c"]

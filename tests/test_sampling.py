@@ -77,3 +77,22 @@ def test_sample_follows_the_distribution():
 def test_bad_settings_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=-1.0),             # would invert the distribution: softmax(-logits)
+    dict(temperature=float("nan")),     # would give all-NaN probabilities
+    dict(temperature=float("inf")),
+    dict(temperature="0.7"),
+    dict(temperature=1.0, top_k=0),
+    dict(temperature=1.0, top_k=True),
+    dict(temperature=1.0, top_p=0.0),   # would drop every token: 0 / 0
+    dict(temperature=1.0, top_p=float("nan")),
+    dict(temperature=1.0, top_p=1.5),
+])
+def test_probs_from_logits_checks_like_sampling_params(kwargs):
+    with pytest.raises(ValueError) as direct:
+        probs_from_logits(torch.tensor([1.0, 3.0, 2.0]), **kwargs)
+    with pytest.raises(ValueError) as params:
+        SamplingParams(**kwargs)
+    assert str(direct.value) == str(params.value)        # one validator, one message

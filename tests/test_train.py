@@ -158,3 +158,77 @@ def test_cli_train_resume_and_export(sample_root, tmp_path, monkeypatch, capsys)
     assert json.loads((export / "config.json").read_text())["weights_dtype"] == "bfloat16"
     assert cli_main(common + ["--resume", "--mtp-depth", "2"]) == 2          # conflicting override
     assert "drop the conflicting overrides" in capsys.readouterr().err
+
+
+# A child process trains with a checkpoint every step and is killed (os._exit, like SIGKILL: no cleanup) right
+# after its n-th rename. Each save renames 10 times: 5 files written into .staging (trainer.json, the commit,
+# 5th), then 5 moved into the folder; so n = 10 + k stops inside the save of step 2 at its k-th rename.
+KILLED_CHILD = """
+import os, sys
+import torch
+from mtp_lab import get_preset
+from mtp_lab.data import build_corpus
+from mtp_lab.train import TrainConfig, Trainer
+root, tokenizer, out, kill_at, cfg = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), eval(sys.argv[5])
+torch.set_num_threads(1)
+real_replace, renames = os.replace, [0]
+def replace(src, dst):
+    real_replace(src, dst)
+    renames[0] += 1
+    if renames[0] == kill_at:
+        os._exit(9)
+os.replace = replace
+corpus = build_corpus(tokenizer, root=root, use_cache=False)
+Trainer(get_preset("tiny", vocab_size=corpus.vocab_size), TrainConfig(**cfg), corpus).fit(out)
+"""
+
+
+@pytest.mark.parametrize("k", [1, 5, 7, 10])          # staging half written, committed, half moved, all moved
+def test_killed_save_resumes_bit_identical(corpus, sample_root, tmp_path, k):
+    import subprocess
+    import sys
+
+    from mtp_lab.data import save_tokenizer
+
+    cfg = dict(steps=4, batch_size=4, seq_len=32, lr=3e-3, min_lr=3e-4, warmup=2, eval_interval=4, eval_batches=1,
+               save_interval=1, precision="fp32", seed=0)
+    reference = Trainer(tiny_cfg(), TrainConfig(**cfg), corpus)
+    reference.fit()
+    save_tokenizer(corpus.tokenizer, tmp_path / "tok.json")
+    out = tmp_path / "run"
+    child = subprocess.run([sys.executable, "-c", KILLED_CHILD, str(sample_root), str(tmp_path / "tok.json"),
+                            str(out), str(10 + k), repr(cfg)], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 9, child.stderr
+    resumed = Trainer(tiny_cfg(), TrainConfig(**cfg), corpus)
+    resumed.resume(out)
+    assert resumed.step == (1 if k < 5 else 2)          # the old checkpoint until the commit, then the new one
+    assert not (out / ".staging").exists()
+    resumed.fit()
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_nonfinite_loss_stops_before_the_update_and_saves_nothing(corpus, tmp_path):
+    Trainer(tiny_cfg(), train_cfg(steps=2, save_interval=1), corpus).fit(tmp_path)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    trainer = Trainer(tiny_cfg(), train_cfg(steps=4, save_interval=1), corpus)
+    trainer.resume(tmp_path)
+    with torch.no_grad():
+        trainer.model.head.weight[0, 0] = float("nan")          # NaN weights (or moments): the loss is NaN
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"training step 3: loss nan.*not finite; stopped before"):
+        trainer.fit(tmp_path)
+    assert trainer.step == 2 and trainer.saved_step == 2
+    assert all(torch.equal(weights[k], v) for k, v in trainer.model.state_dict().items() if k != "head.weight")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files        # the checkpoint is untouched
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lam", float("nan"), "lambda must be a finite"), ("lam", float("inf"), "lambda"),
+    ("lr", float("nan"), "lr must be a finite"), ("lr", float("inf"), "lr must"), ("lr", 0.0, "lr .*must be > 0"),
+    ("min_lr", float("nan"), "min_lr"), ("weight_decay", float("inf"), "weight_decay"),
+    ("grad_clip", float("nan"), "grad_clip"), ("grad_clip", -1.0, "grad_clip"), ("warmup", -1, "warmup"),
+    ("betas", (0.9, 1.0), "betas"), ("seed", -1, "seed"), ("seed", 2 ** 64, "seed")])
+def test_train_config_rejects_nonfinite_and_out_of_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})

@@ -388,3 +388,34 @@ def test_architecture_marks_fp8_scope():
     by = {n.key: n for n in nodes}
     assert "FP8" in by["mtp1.block"].equation and "FP8" in by["mtp2.eh_proj"].equation
     assert "FP8" not in by["main.block.0"].equation and "FP8" not in by["head"].equation
+
+
+def test_speculative_dashboard_rejected_prompt_clears_the_old_generation(model, tok):
+    d = speculative_dashboard(model, tok, prompt="x = ", max_new_tokens=16, interactive=True)
+    d.handle(d.step)
+    d.handle(d.step)
+    d.prompt.value = ""                                   # rejected: the old prompt must not play on
+    assert "empty" in d.status.value
+    assert d.state.done and d.state.segments == [] and d.step() is False
+    d.play()
+    d._thread.join(20)
+    d.flush()
+    assert "empty" in d.status.value and d.text.value.count("<span") == 0 and len(d.fig.data[2].y) == 0
+    d.prompt.value = "y = "                               # a good prompt starts over
+    assert d.state.error == "" and d.step() is True
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """The course's byte-level BPE (a tokenizers.Tokenizer) and a random tiny model of its vocabulary."""
+    from mtp_lab.data import DEFAULT_TOKENIZER, load_tokenizer
+    tokenizer = load_tokenizer(DEFAULT_TOKENIZER)
+    torch.manual_seed(0)
+    return MTPModel(get_preset("tiny", vocab_size=tokenizer.get_vocab_size())).eval(), tokenizer
+
+
+@pytest.mark.parametrize("make", [speculative_dashboard, rmsnorm_dashboard])
+def test_lone_surrogate_prompt_is_a_status_line(bpe, make):
+    d = make(*bpe, prompt="x = 1", interactive=True)
+    d.prompt.value = "x = \ud800"                          # a text box can hold it; UTF-8 cannot
+    assert "lone surrogate" in d.status.value and "position 4" in d.status.value

@@ -118,11 +118,13 @@ def part_table() -> None:
     print("| shape (L x d, d_ff) | parameters | c (k=1) | v(4) | AR ms/token | train tokens/s | "
           "val main loss after the budget |")
     print("|---|---|---|---|---|---|---|")
+    def cell(r, name, spec):                 # "-" where that part of the sweep did not run for this shape
+        return format(r[name], spec) if name in r else "-"
+
     for r in rows:
-        print(f"| {r['n_layers']} x {r['d_model']}, {r['d_ff']} | {r.get('params_total', 0) / 1e6:.2f} M | "
-              f"{r.get('c', float('nan')):.3f} | {r.get('verify_k4', float('nan')):.2f} | "
-              f"{r.get('ar_ms_per_token', float('nan')):.2f} | {r.get('train_tokens_per_s', float('nan')):.0f} | "
-              f"{r.get('val_main', float('nan')):.3f} |")
+        print(f"| {r['n_layers']} x {r['d_model']}, {r['d_ff']} | {cell(r, 'params_total', ',')} | {cell(r, 'c', '.3f')} | "
+              f"{cell(r, 'verify_k4', '.2f')} | {cell(r, 'ar_ms_per_token', '.2f')} | "
+              f"{cell(r, 'train_tokens_per_s', '.0f')} | {cell(r, 'val_main', '.3f')} |")
 
 
 def main() -> None:

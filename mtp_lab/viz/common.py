@@ -119,7 +119,7 @@ class Dashboard(abc.ABC):
         try:
             compute(*args)
         except ValueError as e:
-            self.status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
+            self.status.value = error_html(str(e))
             return
         self.redraw.request()
 
@@ -143,8 +143,21 @@ class Dashboard(abc.ABC):
         return f"<{type(self).__name__} ({mode}, {len(self.figures)} figure(s))>"
 
 
+def error_html(message: str) -> str:
+    """A status line that reports a rejected input."""
+    return f"<span style='color:#b00'>{html.escape(message)}</span>"
+
+
 def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of `text` for a `tokenizers.Tokenizer` (Encoding.ids) or any encode() -> list[int]."""
+    """Token ids of `text` for a `tokenizers.Tokenizer` (Encoding.ids) or any encode() -> list[int].
+
+    A lone surrogate (e.g. "\ud800", which a text box can hold) has no UTF-8 bytes: a ValueError, which
+    dashboards show in their status, instead of the tokenizer's TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the prompt holds {text[e.start]!r} at position {e.start}, a lone surrogate that is "
+                         f"not text (it has no UTF-8 encoding); delete it") from None
     out = tokenizer.encode(text)
     ids = getattr(out, "ids", out)
     return [int(i) for i in ids]

@@ -8,7 +8,6 @@ on a timer; `SpeculativeRace` measures plain and speculative decoding and replay
 
 from __future__ import annotations
 
-import html
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from plotly.subplots import make_subplots
 
 from ..decoding import GenerationStats, speculative_steps
-from .common import FIG_WIDTH, Dashboard, encode, escape
+from .common import FIG_WIDTH, Dashboard, encode, error_html, escape
 
 KIND_STYLE = {  # how each kind of token is marked in the text
     "prompt": "color:#666",
@@ -89,6 +88,7 @@ class Playback:
     last_rows: list[dict] = field(default_factory=list)
     done: bool = False
     stop_reason: str = ""
+    error: str = ""                                                   # why the controls were rejected
 
 
 class SpeculativeDashboard(Dashboard):
@@ -158,14 +158,20 @@ class SpeculativeDashboard(Dashboard):
     # -- engine ------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Stop playing and start a new generation with the current controls (validated at once)."""
+        """Stop playing and start a new generation with the current controls (validated at once). Rejected
+        controls leave no generation to play, only their error, until a control changes again."""
         self.pause()
-        ids = encode(self.tokenizer, self.prompt.value)
+        try:
+            ids = encode(self.tokenizer, self.prompt.value)
+            steps = speculative_steps(self.model, ids, self.max_new.value, num_draft=self.k.value,
+                                      temperature=self.temperature.value, seed=self.seed,
+                                      drafter=self.drafter.value, fp8_drafter=self.fp8.value)
+        except ValueError as e:
+            with self._lock:
+                self.state = Playback(done=True, error=str(e))
+            raise
         with self._lock:
-            self.steps = speculative_steps(self.model, ids, self.max_new.value, num_draft=self.k.value,
-                                           temperature=self.temperature.value, seed=self.seed,
-                                           drafter=self.drafter.value, fp8_drafter=self.fp8.value)
-            self.state = Playback(segments=[(self.tokenizer.decode(ids), "prompt")])
+            self.steps, self.state = steps, Playback(segments=[(self.tokenizer.decode(ids), "prompt")])
         self.status.value = "ready: press play or step"
 
     def step(self) -> bool:
@@ -212,7 +218,7 @@ class SpeculativeDashboard(Dashboard):
                     break
                 self._stop.wait(max(0.0, 1.0 / self.speed.value - (time.monotonic() - t0)))  # pause wakes it
         except ValueError as e:
-            self.status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
+            self.status.value = error_html(str(e))
         finally:
             self.redraw.flush()
 
@@ -232,6 +238,9 @@ class SpeculativeDashboard(Dashboard):
             self.fig.data[3].y = per_pos
         self.text.value = tokens_html(segments)
         self.table.value = rows_html(rows)
+        if st.error:
+            self.status.value = error_html(st.error)
+            return
         done = f" · finished ({st.stop_reason})" if st.done else ""
         self.status.value = (f"{s.new_tokens} tokens in {s.main_forwards} main forwards "
                              f"({s.tokens_per_main_forward:.2f} per forward) · drafted {s.drafted}, accepted "

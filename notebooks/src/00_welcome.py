@@ -100,7 +100,7 @@ for i in range(len(words) - 3):
 # Each notebook lists its own goals and time at the top. The times are for running all cells (measured on 2 busy
 # CPU cores, all nine in about 4 minutes); reading and the exercises take 20-45 minutes per notebook. With a CUDA
 # GPU the same cells run on it (the model goes to `device`); GPU times were not measured for this release: expect
-# the training cells of 04 and 05 to gain most, since batch-1 decoding of a 3.6M-parameter model is dominated by
+# the training cells of 04 and 05 to gain most, since batch-1 decoding of a 5.8M-parameter model is dominated by
 # Python overhead on any device.
 
 # %% [markdown]

@@ -33,8 +33,8 @@ device = environment_report()
 # block, and $\mathrm{Emb}$, $\mathrm{OutHead}$ are the main model's own. The code counts tokens from 0: at
 # position $i$, depth $k$ embeds $t_{i+k}$ and predicts $t_{i+k+1}$.
 #
-# We recompute everything by hand on the course-sized architecture ($d = 256$, $D = 2$; random weights are enough
-# for shapes and equality).
+# We recompute everything by hand on the course-sized architecture (the `course` preset: its width $d$ and $D = 2$
+# are printed with the shapes below; random weights are enough for shapes and equality).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -156,8 +156,10 @@ print("[h; e] with the checkpoint's M_k == [e; h]:", torch.allclose(wrong_order,
 # to depth $k+1$.
 #
 # A subtlety: `hnorm` normalises its input again, and RMSNorm is scale invariant, so the two wirings differ **only
-# through the final norm's learned gain** $g$ (a per-channel reweighting). With $g = 1$, as at initialisation, they
-# are the same function; after training they are not.
+# through the final norm's learned gain** $g$ (a per-channel reweighting) and the tiny $\epsilon$ inside each norm.
+# With $g = 1$, as at initialisation, they agree up to that $\epsilon$ (logit differences around $10^{-4}$, because
+# the residual stream's RMS is small at initialisation, so $\epsilon = 10^{-6}$ is not negligible next to its square):
+# equal at a tolerance of $10^{-3}$, not bit for bit. With a trained $g$ they are different functions.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -166,14 +168,14 @@ pre_norm_model.load_state_dict(model.state_dict())         # same weights, only 
 with torch.no_grad():
     _, h_pre = pre_norm_model.forward_main(tokens)
     print("h0 is model.norm(residual stream):", torch.allclose(model.norm(h_pre), h0, atol=1e-5))
-    print("same depth-1 logits while g = 1   :",
-          torch.allclose(pre_norm_model(tokens).mtp_logits[0], out.mtp_logits[0], atol=1e-4))
+    print("same depth-1 logits while g = 1 (tolerance 1e-3):",
+          torch.allclose(pre_norm_model(tokens).mtp_logits[0], out.mtp_logits[0], atol=1e-3))
     g = torch.rand(model.config.d_model) + 0.5              # pretend training moved the final norm's gain
     pre_norm_model.norm.weight.copy_(g)
     model_g = MTPModel(get_preset("course")).eval()         # post-norm wiring, same weights and g
     model_g.load_state_dict(pre_norm_model.state_dict())
-    print("same depth-1 logits with a trained g:",
-          torch.allclose(pre_norm_model(tokens).mtp_logits[0], model_g(tokens).mtp_logits[0], atol=1e-4))
+    print("same depth-1 logits with a trained g (tolerance 1e-3):",
+          torch.allclose(pre_norm_model(tokens).mtp_logits[0], model_g(tokens).mtp_logits[0], atol=1e-3))
 
 # %% [markdown]
 # ## Shared embedding and output head

@@ -104,7 +104,10 @@ for progress in (0.0, 0.5, 0.675, 0.676, 1.0):
 # The `Trainer` (AdamW, warmup then cosine decay, gradient clipping, the $\lambda$ schedule, periodic evaluation)
 # trains on the Python standard library. Here a small model on a slice of the corpus, for a few dozen steps, with
 # the shipped tokenizer. The monitor shows the total, main and depth-1 losses as they come, validation points,
-# and the $\lambda$ and learning-rate schedules.
+# and the $\lambda$ and learning-rate schedules. One thing to expect: the **total** loss
+# $\mathcal{L}_\text{main} + \frac{\lambda}{D}\sum_k \mathcal{L}^k$ drops by a step where $\lambda$ switches from 0.3 to
+# 0.1 (at 10/14.8 of the run). That is the objective's weight changing, not learning: the main and depth-1 curves
+# do not jump there.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -125,7 +128,7 @@ train_cfg = TrainConfig(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup=4, e
 with_mtp, monitor = History(), training_monitor()
 display(monitor)                      # shown before fit(), so it updates live while the model trains
 trainer = Trainer(small, train_cfg, corpus, callbacks=[with_mtp, monitor], device=device)
-trainer.fit()
+evals = trainer.fit()                 # (step, validation result) pairs; the monitor above already shows them
 
 # %% [markdown]
 # And the same run without MTP ($D = 0$): the same seed, the same batches, only the objective differs.
@@ -133,7 +136,7 @@ trainer.fit()
 # %%
 # NBVAL_IGNORE_OUTPUT
 without_mtp = History()
-Trainer(small.replace(mtp_depth=0), train_cfg, corpus, callbacks=[without_mtp], device=device).fit()
+evals_d0 = Trainer(small.replace(mtp_depth=0), train_cfg, corpus, callbacks=[without_mtp], device=device).fit()
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -159,8 +162,8 @@ go.Figure([go.Scatter(x=[r.step for r in hist.steps], y=[value(r) for r in hist.
 # After 40 tiny steps the two main losses are about the same, and the depth-1 loss is close to the main loss: a run
 # this short mostly learns token frequencies, which serve every depth alike. MTP's benefit to the main model is a
 # large-scale effect: DeepSeek's ablations train 15.7B and 228.7B models on hundreds of billions of tokens. The
-# shipped model's card (`assets/MODEL_CARD.md`) reports the same ablation at 500 steps of the course model: the
-# main loss with $D = 2$ and with $D = 0$ differ by less than a different seed could. At small scale, MTP is worth
+# shipped model's card (`assets/MODEL_CARD.md`) reports the same ablation at 500 and 1500 steps of the previous,
+# 4-block course model: the main loss with $D = 2$ and with $D = 0$ differ by less than a different seed could. At small scale, MTP is worth
 # training for its **drafter**, which costs little and comes with the model (notebooks 06 and 07).
 
 # %% [markdown]

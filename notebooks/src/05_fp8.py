@@ -155,11 +155,16 @@ print("same Parameter object:", fp8.weight is linear.weight)
 print("relative error: output", rel(y_fp8, y_ref), " input gradient", rel(dx_fp8, dx_ref))
 
 # %% [markdown]
-# `apply_fp8_recipe(model, scope)` swaps the linears of the transformer blocks (`"main"`), of the MTP modules
-# (`eh_proj` and their block, `"mtp"`), or both (`"all"`). What stays in high precision, following the report: the
-# **embedding**, the **output head**, every **normalisation**, and the **attention core** (softmax of $QK^\top$ times
-# $V$); also MoE gating in DeepSeek-V3. These are small in FLOPs but sensitive: the head's logits decide which
-# tokens are drafted and accepted, and norms divide by statistics of the whole vector.
+# `apply_fp8_recipe(model, scope)` swaps the linears of the transformer blocks (`"main"`), of the MTP modules'
+# blocks (`"mtp"`), or both (`"all"`). What stays in high precision, following the report: the **embedding**, the
+# **output head**, every **normalisation**, and the **attention core** (softmax of $QK^\top$ times $V$); also MoE
+# gating in DeepSeek-V3. These are small in FLOPs but sensitive: the head's logits decide which tokens are drafted
+# and accepted, and norms divide by statistics of the whole vector.
+#
+# One linear is a judgement call: the MTP projection `eh_proj`. The report's list of high-precision parts does not
+# name it, so its recipe implies FP8; the released checkpoint keeps it in BF16 (it has no FP8 scales, and vLLM and
+# SGLang load it as a plain linear). The package follows the checkpoint; `apply_fp8_recipe(model, "mtp",
+# eh_proj_fp8=True)` follows the report.
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -100,7 +100,10 @@ for step in speculative_steps(model, prompt, max_new_tokens=12, num_draft=2):
 # \cdot \frac{\max(0, p(x) - q(x))}{\sum_y \max(0, p(y) - q(y))} = p(x).$$
 #
 # The probability that a draft is accepted is $\sum_x \min(p(x), q(x)) = 1 - \mathrm{TV}(p, q)$: the closer the
-# drafter is to the main model, the more it is accepted. Here are $p$ and $q$ at one real position, temperature 1:
+# drafter is to the main model, the more it is accepted. The identity holds for **any** $q$, provided $q$ is the
+# distribution the draft was really drawn from; the engine shapes $q$ with the same temperature, top-k and top-p as
+# $p$ only because a $q$ closer to $p$ is accepted more often. Here are $p$ and $q$ at one real position,
+# temperature 1:
 
 # %%
 # NBVAL_CHECK_OUTPUT

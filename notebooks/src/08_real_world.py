@@ -179,14 +179,17 @@ check("lossless", answers)
 # ## FAQ: the questions learners ask
 #
 # **1. One MTP layer: can I draft more than one token? Why does acceptance fall with depth?**
-# Yes: engines chain the last MTP module again, feeding it its own output state and the token it just drafted. It
-# was never trained for that position, so each extra step drafts worse: one report measured 76% / 62% / 51% / 42%
-# per position with 8 chained steps, against 83% with one. Measure it yourself in notebook 07 (`chained depth`).
+# Yes: with DeepSeek-V3's single module, engines run it again, feeding it its own output state and the token it just
+# drafted. It was never trained for that position, so each extra step drafts worse: one report measured 76% / 62% /
+# 51% / 42% per position with 8 chained steps, against 83% with one. With several modules engines differ (vLLM's
+# `deepseek_mtp.py` cycles back to module 1, vLLM V1 uses module 1 for every draft, SGLang takes one module); this
+# package reuses the last one. Measure the fall yourself in notebook 07 (Experiment 1, $k = 1..4$ with $D = 2$).
 #
 # **2. Is the MTP input the hidden state before or after the final norm? Which state is recycled?**
 # DeepSeek never said. vLLM and SGLang pass the state **after** the main model's final norm; an early vLLM change
 # reported slightly better drafts with the un-normalised one. When chaining, which state is recycled (the module's
-# output before or after `shared_head.norm`) also changes acceptance. Because `hnorm` re-normalises, the two choices
+# output before `shared_head.norm`, as vLLM feeds back, or after it, as SGLang's NextN returns) also changes
+# acceptance. Because `hnorm` re-normalises, the two choices
 # differ only through the learned gain of the final norm (notebook 03). The package exposes both
 # (`ModelConfig.mtp_input_norm`).
 #
@@ -206,7 +209,8 @@ check("lossless", answers)
 #
 # **6. Why is my acceptance below 85-90%?**
 # Check the definition first (acceptance rate per drafted token vs $\tau$ per step, notebook 07), then the
-# temperature (sampling lowers acceptance against greedy), the text domain (predictable code accepts more than prose),
+# temperature (sampling lowers acceptance against greedy), the text domain (code and prose differ, in a direction
+# that depends on the model: notebook 07 measures it for the course model),
 # the number of drafts (later positions accept less), and model size: a 671B model's next-next token is easier to
 # guess than a small model's. The course model is tiny; its acceptance is lower than DeepSeek's.
 #
