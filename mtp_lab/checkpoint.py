@@ -185,6 +185,9 @@ def read_trainer_state(directory: str | Path) -> dict:
     """trainer.json of a training checkpoint (after `recover`), checked for its step."""
     recover(directory)
     path = Path(directory) / TRAINER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file missing, so {directory} holds no training checkpoint to resume "
+                              f"(`mtp-lab train --out DIR` writes one)")
     meta = _read_json(path)
     if not (isinstance(meta.get("step"), int) and meta["step"] >= 0):
         raise CheckpointError(f"{path}: no 'step' (an integer >= 0); the file is corrupt: resume from a copy of "

@@ -85,8 +85,8 @@ def check_outputs(args) -> None:
     if args.export:
         export = check_output(args.export, "--export", folder=True)
         if export.resolve() == out.resolve() or (export / TRAINER_FILE).exists():
-            raise ValueError(f"--export {export} is a training checkpoint folder: the export would replace its "
-                             f"fp32 weights with {args.export_dtype} ones; give another --export")
+            raise ValueError(f"--export {export} is a training checkpoint folder (--out, or another run's): the "
+                             f"export would replace its fp32 weights with {args.export_dtype} ones; give another one")
     if args.tokenizer and not args.resume and not Path(args.tokenizer).is_file():
         check_output(args.tokenizer, "--tokenizer", folder=False)     # trained on the corpus and saved there
 
@@ -146,6 +146,8 @@ def run(args) -> int:
     try:
         trainer.fit(out)
     except (KeyboardInterrupt, FloatingPointError, OSError) as e:   # Ctrl-C, a diverged run, a full disk
+        if not trainer.is_main:                                       # rank 0, which saves, says what is kept
+            raise
         first = min(train_cfg.save_interval, train_cfg.steps)
         where = (f"the last checkpoint, step {trainer.saved_step}, is in {out}: continue with "
                  f"`mtp-lab train --out {out} --resume`" if trainer.saved_step is not None else

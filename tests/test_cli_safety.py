@@ -71,7 +71,8 @@ TRAIN_CASES = {  # name -> (arguments after the common ones; {tmp}: a fresh fold
                                             r"replace it with --overwrite"),
     "export is a file": (["--out", "{tmp}/new", "--export", "{tmp}/a_file"], r"--export .*a_file is a file"),
     "export is out": (["--out", "{tmp}/new", "--export", "{tmp}/new/sub/.."],
-                      r"--export .* is a training checkpoint folder: .* fp32 weights with bfloat16"),
+                      r"--export .* is a training checkpoint folder \(--out, or another run's\): the export "
+                      r"would replace its fp32 weights with bfloat16 ones"),
     "export is a run": (["--out", "{tmp}/new", "--export", "{run}"], r"is a training checkpoint folder"),
     "tokenizer is a folder": (["--out", "{tmp}/new", "--tokenizer", "{tmp}"], r"--tokenizer .* is a folder"),
     "tokenizer unwritable": (["--out", "{tmp}/new", "--tokenizer", UNWRITABLE + "/tok.json"], r"cannot write in /sys"),

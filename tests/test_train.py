@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from stdlib_sample import one_thread, sample_root, sample_tokenizer  # noqa: F40
 
 from mtp_lab import get_preset
 from mtp_lab.cli import main as cli_main
-from mtp_lab.data import build_corpus
+from mtp_lab.data import build_corpus, save_tokenizer
 from mtp_lab.loss import mtp_lambda
 from mtp_lab.model import MTPModel
 from mtp_lab.train import Callback, History, Trainer, TrainConfig, evaluate, lr_at
@@ -164,12 +166,12 @@ def test_cli_train_resume_and_export(sample_root, tmp_path, monkeypatch, capsys)
 # after its n-th rename. Each save renames 10 times: 5 files written into .staging (trainer.json, the commit,
 # 5th), then 5 moved into the folder; so n = 10 + k stops inside the save of step 2 at its k-th rename.
 KILLED_CHILD = """
-import os, sys
+import json, os, sys
 import torch
 from mtp_lab import get_preset
 from mtp_lab.data import build_corpus
 from mtp_lab.train import TrainConfig, Trainer
-root, tokenizer, out, kill_at, cfg = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), eval(sys.argv[5])
+root, tokenizer, out, kill_at, cfg = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
 torch.set_num_threads(1)
 real_replace, renames = os.replace, [0]
 def replace(src, dst):
@@ -185,11 +187,6 @@ Trainer(get_preset("tiny", vocab_size=corpus.vocab_size), TrainConfig(**cfg), co
 
 @pytest.mark.parametrize("k", [1, 5, 7, 10])          # staging half written, committed, half moved, all moved
 def test_killed_save_resumes_bit_identical(corpus, sample_root, tmp_path, k):
-    import subprocess
-    import sys
-
-    from mtp_lab.data import save_tokenizer
-
     cfg = dict(steps=4, batch_size=4, seq_len=32, lr=3e-3, min_lr=3e-4, warmup=2, eval_interval=4, eval_batches=1,
                save_interval=1, precision="fp32", seed=0)
     reference = Trainer(tiny_cfg(), TrainConfig(**cfg), corpus)
@@ -197,7 +194,7 @@ def test_killed_save_resumes_bit_identical(corpus, sample_root, tmp_path, k):
     save_tokenizer(corpus.tokenizer, tmp_path / "tok.json")
     out = tmp_path / "run"
     child = subprocess.run([sys.executable, "-c", KILLED_CHILD, str(sample_root), str(tmp_path / "tok.json"),
-                            str(out), str(10 + k), repr(cfg)], capture_output=True, text=True, timeout=300)
+                            str(out), str(10 + k), json.dumps(cfg)], capture_output=True, text=True, timeout=300)
     assert child.returncode == 9, child.stderr
     resumed = Trainer(tiny_cfg(), TrainConfig(**cfg), corpus)
     resumed.resume(out)

@@ -52,6 +52,8 @@ def architecture_graph(cfg: ModelConfig, batch: int = 1, seq_len: int | None = N
     fp8 = ("<br><b>FP8</b>: its linears take E4M3 inputs (activations per 1x128 tile, weights per 128x128 block), "
            "FP32 accumulation")
     fp8_main, fp8_mtp = (fp8 if cfg.fp8 in scopes else "" for scopes in (("main", "all"), ("mtp", "all")))
+    # the released checkpoint keeps eh_proj in high precision; apply_fp8_recipe(eh_proj_fp8=True) quantizes it
+    eh_note = "<br>stays in high precision (as in the released checkpoint; eh_proj_fp8=True quantizes it)"
     nodes = [Node("tokens", "tokens t_0..t_{T-1}", 0, 0, shp(B, T), "int64 token ids", 0, "io"),
              Node("embed", "Embedding (shared)", 0, 1, shp(B, T, d), f"x_i = W_E[t_i],  W_E: {shp(V, d)}", V * d,
                   "shared")]
@@ -77,7 +79,7 @@ def architecture_graph(cfg: ModelConfig, batch: int = 1, seq_len: int | None = N
             Node(f"mtp{k}.eh_proj", f"eh_proj M_{k} [e ; h]", cx, 3, shp(B, n, d),
                  f"(21) h'^{k}_i = M_{k} [enorm(Emb(t_{{i+{k}}})) ; hnorm(h^{k - 1}_i)]<br>"
                  f"concat {shp(B, n, 2 * d)} -> M_{k}: {shp(d, 2 * d)}; embedding first as in the checkpoint "
-                 "(the report writes hidden first)" + fp8_mtp, 2 * d * d, "mtp"),
+                 "(the report writes hidden first)" + (eh_note if fp8_mtp else ""), 2 * d * d, "mtp"),
             Node(f"mtp{k}.block", f"TRM_{k}", cx, 4, shp(B, n, d),
                  f"(22) h^{k}_{{1:T-{k}}} = TRM_{k}(h'^{k}_{{1:T-{k}}})<br>" + block_eq + fp8_mtp, block_params(cfg),
                  "mtp"),

@@ -151,7 +151,7 @@ def error_html(message: str) -> str:
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids of `text` for a `tokenizers.Tokenizer` (Encoding.ids) or any encode() -> list[int].
 
-    A lone surrogate (e.g. "\ud800", which a text box can hold) has no UTF-8 bytes: a ValueError, which
+    A lone surrogate (e.g. "\\ud800", which a text box can hold) has no UTF-8 bytes: a ValueError, which
     dashboards show in their status, instead of the tokenizer's TypeError."""
     try:
         text.encode("utf-8")

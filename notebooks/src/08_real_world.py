@@ -85,7 +85,9 @@ for name in model.state_dict():
 # Both major engines load layer 61 as a drafter and verify its drafts with the main model:
 #
 # - **vLLM:** `--speculative-config '{"method": "deepseek_mtp", "num_speculative_tokens": 1}'` (recent versions
-#   also accept `"method": "mtp"`). With more speculative tokens than MTP layers, vLLM chains the last layer again.
+#   also accept `"method": "mtp"`). With more speculative tokens than MTP layers, vLLM runs an MTP layer again: with DeepSeek-V3's single
+#   layer that is layer 61 each time; with several layers `deepseek_mtp.py` cycles back to the first
+#   (`step % num_mtp_layers`), and vLLM V1's proposer uses the first layer for every draft.
 # - **SGLang:** speculative decoding with the EAGLE machinery, e.g. `--speculative-algorithm EAGLE
 #   --speculative-num-steps 1 --speculative-eagle-topk 1 --speculative-num-draft-tokens 2` (early versions used a
 #   separate `DeepSeek-V3-NextN` weight file).
