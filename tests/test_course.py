@@ -38,6 +38,17 @@ def _tokens(a, k):
     return (1 - a ** (k + 1)) / (1 - a) if a != 1 else k + 1.0
 
 
+def _break_even(k, c, v):
+    """Bisection written out here, independent of mtp_lab.proportion."""
+    if _tokens(1.0, k) <= k * c + v:
+        return float("nan")
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _tokens(mid, k) < k * c + v else (lo, mid)
+    return lo
+
+
 # name -> (a right answer, [(a wrong answer, a word the verdict must contain), ...])
 CASES = {
     "target_index": (lambda i, k: i + k + 1, [(lambda i, k: i + k, "off by one"), (lambda i, k: i + 2 * k + 1, "expected")]),
@@ -87,7 +98,10 @@ CASES = {
     "expected_tokens": (_tokens, [(lambda a, k: _tokens(a, k) - 1, "bonus"), (lambda a, k: k * a, "expected")]),
     "spec_metrics": (lambda acc, d, s: (acc / d, 1 + acc / s), [(lambda acc, d, s: (acc / s, 1 + acc / s), "DRAFTED"),
                                                                (lambda acc, d, s: (acc / d, acc / s), "tau")]),
-    "speedup": (lambda a, k, c: _tokens(a, k) / (k * c + 1), [(lambda a, k, c: _tokens(a, k), "not free")]),
+    "speedup": (lambda a, k, c, v: _tokens(a, k) / (k * c + v), [(lambda a, k, c, v: _tokens(a, k), "not free"),
+                                                                 (lambda a, k, c, v: _tokens(a, k) / (k * c + 1), "costs v")]),
+    "break_even": (lambda k, c, v: _break_even(k, c, v), [(lambda k, c, v: c + v - 1, "break_even(3"),
+                                                           (lambda k, c, v: max(0.0, c + v - 1), "expected")]),
     "mtp_layer_indices": (lambda L, n: list(range(L, L + n)), [(lambda L, n: list(range(L - 1, L - 1 + n)), "start at"),
                                                                (lambda L, n: 61, "list")]),
     "lossless": (dict(LOSSLESS), [({**LOSSLESS, "Medusa typical acceptance": True}, "1 wrong"), ({"a": 1}, "keys")]),
