@@ -64,7 +64,7 @@ def _mtp_share(value) -> str:
 
 # ---------------------------------------------------------------- 01 main model
 
-@exercise("greedy_next", "01", "take the logits at the LAST position, logits[:, -1], and argmax over the vocabulary.")
+@exercise("greedy_next", "01", "which position's logits score the token that comes AFTER the whole sequence? Then pick the most likely id.")
 def _greedy_next(fn) -> str:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 50, generator=g)
@@ -122,8 +122,8 @@ def _rmsnorm(fn) -> str:
     raise Wrong(f"values differ from torch.nn.functional.rms_norm by up to {(got - want).abs().max():.3g}")
 
 
-@exercise("layernorm", "02", "subtract the mean, divide by sqrt(var + eps) with the BIASED variance "
-                             "(x.var(-1, unbiased=False, keepdim=True)).")
+@exercise("layernorm", "02", "unlike RMSNorm it centres x first; the variance is the plain mean of squared deviations "
+                             "over the last dim (the biased one, as torch.nn.LayerNorm uses), kept broadcastable.")
 def _layernorm(fn) -> str:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 8, generator=g) * 2 + 3
@@ -169,8 +169,8 @@ def _mtp_inputs(fn) -> str:
     return "h[:, :T-k] pairs with tokens[:, k:], the one-token shift per depth."
 
 
-@exercise("mtp_combine", "03", "eh_proj(torch.cat([enorm(emb), hnorm(h_prev)], dim=-1)): EMBEDDING first, as in "
-                               "the released checkpoint.")
+@exercise("mtp_combine", "03", "normalise each input with its own norm, join them along the channel dim in the "
+                               "checkpoint's order (not the report's), then project back to d.")
 def _mtp_combine(fn) -> str:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_seq_len=8, mtp_depth=1)
@@ -269,8 +269,8 @@ def _tile_scales(fn) -> str:
     return "s = amax / 448 per 1x128 tile: an outlier only affects its own 128 values."
 
 
-@exercise("fake_quant", "05", "per tile: s = amax / 448, q = (x / s).to(torch.float8_e4m3fn), return q.float() * s "
-                              "(tile_scales from the previous exercise helps).")
+@exercise("fake_quant", "05", "per tile: scale into E4M3's range with the tile's scale, cast to the float8 dtype, "
+                              "then undo the scale in float32 (the previous exercise gives the scales).")
 def _fake_quant(fn) -> str:
     g = torch.Generator().manual_seed(5)
     x = torch.randn(4, 256, generator=g)
@@ -344,7 +344,8 @@ def _greedy_accepted(fn) -> str:
 
 # ---------------------------------------------------------------- 07 acceptance lab
 
-@exercise("expected_tokens", "07", "sum_{j=0..k} alpha^j = (1 - alpha^(k+1)) / (1 - alpha); it is k + 1 when alpha = 1.")
+@exercise("expected_tokens", "07", "draft j is kept only if drafts 1..j all pass; add up the chances, and do not forget "
+                                   "the token the target always contributes. Check alpha = 1 too.")
 def _expected_tokens(fn) -> str:
     for a, k in ((0.8, 1), (0.8, 3), (0.5, 4), (0.0, 2)):
         want = (1 - a ** (k + 1)) / (1 - a)
