@@ -71,17 +71,7 @@ def random_setup(preset: str, n: int, prompt_len: int, seed: int = 0):
     return model, prompts, f"RANDOM weights, preset {preset}, random prompts"
 
 
-def merge(stats: list[GenerationStats]) -> GenerationStats:
-    """Counters summed over generations (per-position lists element-wise)."""
-    total = GenerationStats()
-    for s in stats:
-        for name in ("new_tokens", "main_forwards", "draft_forwards", "steps", "drafted", "accepted",
-                     "wall_time_s", "draft_time_s", "verify_time_s"):
-            setattr(total, name, getattr(total, name) + getattr(s, name))
-        for name in ("drafted_per_position", "accepted_per_position"):
-            a, b = getattr(total, name), getattr(s, name)
-            setattr(total, name, [x + y for x, y in zip(a, b)] if a else list(b))
-    return total
+merge = GenerationStats.merge        # counters summed over generations (kept under its old name)
 
 
 def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: float = 0.0,

@@ -71,6 +71,44 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else float("nan")
 
+    def record(self, step: "SpeculativeStep", draft_forwards: int = 0) -> None:
+        """Fold one engine event into the counters: the one place where tau and the per-position rates are counted
+        (the engine, the live dashboard and `merge` all go through here). Draft time is the step's time before its
+        verify forward; wall time is the caller's to measure."""
+        k = len(step.draft_tokens)
+        self._grow(k)
+        self.main_forwards += 1
+        self.new_tokens += len(step.emitted)
+        self.draft_forwards += draft_forwards
+        self.draft_time_s += step.draft_time_s
+        self.verify_time_s += step.verify_time_s
+        if k:
+            self.steps += 1
+            self.drafted += k
+            self.accepted += step.n_accepted
+            for j in range(k):
+                self.drafted_per_position[j] += 1
+                self.accepted_per_position[j] += j < step.n_accepted
+
+    def _grow(self, k: int) -> None:
+        for counts in (self.drafted_per_position, self.accepted_per_position):
+            counts += [0] * (k - len(counts))
+
+    @classmethod
+    def merge(cls, stats: Sequence["GenerationStats"]) -> "GenerationStats":
+        """Counters summed over generations (per-position lists element-wise, the shorter padded with zeros), so
+        that rates pooled over prompts are ratios of sums, not means of ratios."""
+        total = cls()
+        for s in stats:
+            for name in ("new_tokens", "main_forwards", "draft_forwards", "steps", "drafted", "accepted",
+                         "wall_time_s", "draft_time_s", "verify_time_s"):
+                setattr(total, name, getattr(total, name) + getattr(s, name))
+            total._grow(len(s.drafted_per_position))
+            for name in ("drafted_per_position", "accepted_per_position"):
+                for j, n in enumerate(getattr(s, name)):
+                    getattr(total, name)[j] += n
+        return total
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for name in ("acceptance_rate", "mean_acceptance_length", "per_position",
@@ -308,28 +346,19 @@ def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, par
         drafter.commit(hidden[:, :len(pending) + len(emitted) - 1], len(emitted) - 1)
         pending = [tokens[-1]]
 
-        stats.main_forwards += 1
-        stats.verify_time_s += t2 - t1
-        stats.draft_time_s += t1 - t0 if draft is not None else 0.0
-        if drafts:
-            stats.steps += 1
-            stats.drafted += len(drafts)
-            stats.accepted += n_acc
-            stats.draft_forwards += draft.forwards
-            for j in range(len(drafts)):
-                stats.drafted_per_position[j] += 1
-                stats.accepted_per_position[j] += j < n_acc
         stop = _stop_reason(tokens, len(tokens) - len(prompt), max_new_tokens, max_len, eos_id)
-        yield SpeculativeStep(
+        event = SpeculativeStep(
             index=index, position=position, draft_tokens=drafts, draft_probs=q,
             draft_logits=draft.logits if draft is not None else None, target_probs=p,
             target_logits=target_logits, uniforms=u, accepted=[j < n_acc for j in range(len(drafts))],
             n_accepted=n_acc, next_token=nxt, is_bonus=bool(drafts) and n_acc == len(drafts),
             emitted=emitted, draft_time_s=t1 - t0, verify_time_s=t2 - t1,
             step_time_s=time.perf_counter() - t0, stop_reason=stop)
+        stats.record(event, draft_forwards=draft.forwards if drafts else 0)
+        yield event
         index += 1
     stats.wall_time_s = time.perf_counter() - t_start
-    stats.new_tokens, stats.stop_reason = len(tokens) - len(prompt), stop
+    stats.stop_reason = stop
     return GenerationResult(prompt, tokens[len(prompt):], stats)
 
 

@@ -188,12 +188,11 @@ def export(trainer, directory: Path, dtype: torch.dtype, extra: dict | None = No
 def greedy_acceptance(model, test: "np.ndarray", prompts: int = ACCEPT_PROMPTS, prompt_len: int = 64,
                       new_tokens: int = 128) -> dict:
     """First-draft acceptance of greedy speculative decoding (k = 1, MTP drafter) on test-split prompts."""
-    from .bench import merge
-    from .decoding import speculative_generate
+    from .decoding import GenerationStats, speculative_generate
 
     prompt_len = min(prompt_len, model.config.max_seq_len // 4)     # room for new tokens in small models
     starts = np.linspace(0, len(test) - prompt_len - 1, prompts).astype(np.int64)
-    stats = merge([speculative_generate(model, [int(t) for t in test[s:s + prompt_len]], new_tokens,
+    stats = GenerationStats.merge([speculative_generate(model, [int(t) for t in test[s:s + prompt_len]], new_tokens,
                                         num_draft=1).stats for s in starts])
     return {"k": 1, "prompts": prompts, "prompt_len": prompt_len, "new_tokens": new_tokens,
             "acceptance_rate": stats.acceptance_rate, "mean_acceptance_length": stats.mean_acceptance_length}

@@ -76,3 +76,12 @@ def test_matmul_macs_match_torch_flop_counter():
     assert (macs["main"], macs["mtp_module"]) == (main // 2, module // 2)
     assert speedup_ceiling(macs["c"], 1) == pytest.approx(2 / (1 + macs["c"]))
     assert speedup_ceiling(0.0, 4) == 5.0
+
+
+def test_merge_pads_generations_that_drafted_fewer_positions():
+    # a generation that only drafted k = 1 merged with one at k = 2 (a zip would drop position 2)
+    a = GenerationStats(steps=2, drafted=4, accepted=3, drafted_per_position=[2, 2], accepted_per_position=[2, 1])
+    b = GenerationStats(steps=3, drafted=3, accepted=2, drafted_per_position=[3], accepted_per_position=[2])
+    for m in (merge([a, b]), merge([b, a]), GenerationStats.merge([b, a])):
+        assert m.drafted_per_position == [5, 2] and m.accepted_per_position == [4, 1]
+        assert m.per_position == pytest.approx([4 / 5, 1 / 2])

@@ -42,21 +42,8 @@ def step_segments(step) -> list[tuple[int, str]]:
 
 
 def add_step(stats: GenerationStats, step) -> None:
-    """Fold one event into running stats (the same counts the engine reports at the end)."""
-    k = len(step.draft_tokens)
-    grow = k - len(stats.drafted_per_position)
-    if grow > 0:
-        stats.drafted_per_position += [0] * grow
-        stats.accepted_per_position += [0] * grow
-    stats.main_forwards += 1
-    stats.new_tokens += len(step.emitted)
-    if k:
-        stats.steps += 1
-        stats.drafted += k
-        stats.accepted += step.n_accepted
-        for j in range(k):
-            stats.drafted_per_position[j] += 1
-            stats.accepted_per_position[j] += j < step.n_accepted
+    """Fold one event into running stats: GenerationStats.record (the engine's own counting) plus its wall time."""
+    stats.record(step)
     stats.wall_time_s += step.step_time_s
 
 
