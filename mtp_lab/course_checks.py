@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .course import Wrong, as_tensor, call, close, exercise, expect_shape
+from .exercises import Wrong, as_tensor, call, close, exercise, expect_shape
 from .layers import Block
 from .model import MTPModule
 

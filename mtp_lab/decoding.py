@@ -280,7 +280,7 @@ def make_drafter(model: MTPModel, drafter="mtp", fp8_drafter: bool = False, recy
     if drafter == "mtp":
         draft_model = None
         if fp8_drafter:
-            from .fp8 import apply_fp8_recipe
+            from .fp8_linear import apply_fp8_recipe
             draft_model = apply_fp8_recipe(model, scope="mtp", inplace=False)
         return MTPDrafter(model, draft_model=draft_model, recycle=recycle)
     if fp8_drafter:

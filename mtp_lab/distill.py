@@ -171,7 +171,7 @@ def _run(args) -> int:
                              load_pretrained, save_model, save_undistilled)
     from .cli import check_output, set_threads
     from .data import build_corpus
-    from .train_cli import write_metrics
+    from .metrics import write_metrics
 
     cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
     source = Path(args.checkpoint) if args.checkpoint else PRETRAINED_DIR

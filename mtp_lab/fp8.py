@@ -381,12 +381,3 @@ def accumulation_error_vs_k(ks=(128, 256, 512, 1024, 2048, 4096), m: int = 32, n
         rows.append({"k": k, "limited": err(limited(None)), "promoted": err(limited(promote_every)),
                      "fp32": err(scaled_matmul(qa, sa, qb, chunk_scales(sb, "block", n, k), backend="chunked"))})
     return rows
-
-
-def __getattr__(name: str):
-    """`from mtp_lab.fp8 import apply_fp8_recipe` also works: the recipe lives in fp8_linear (with FP8Linear),
-    which imports this module, so it is resolved lazily here (PEP 562) instead of a circular import."""
-    if name == "apply_fp8_recipe":
-        from .fp8_linear import apply_fp8_recipe
-        return apply_fp8_recipe
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
