@@ -242,8 +242,8 @@ def register(subparsers) -> None:
     p.add_argument("--drafters", nargs="+", default=list(DRAFTERS), choices=DRAFTERS)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the fastest for batch-1 AR "
-                                                           "decoding of the course model, tools/ar_threads.py)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: as fast as 2 for batch-1 AR "
+                                                           "decoding of the course model and less noisy, tools/ar_threads.py)")
     p.add_argument("--repeats", type=int, default=1, help="run the whole benchmark this many times and report the "
                                                           "median run's speed-up with the range (default 1)")
     p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
