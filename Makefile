@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: course test install browser clean-venv
+.PHONY: course test lint install browser clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ course: $(STAMP)
 browser:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
+# ruff: pycodestyle, pyflakes, import order, bugbear (configuration in pyproject.toml); never reformats
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest tests

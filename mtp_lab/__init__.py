@@ -3,8 +3,15 @@
 from .checkpoint import CheckpointError, load_model, load_pretrained, save_model
 from .config import PRESETS, ModelConfig, get_preset
 from .data import Corpus, build_corpus, load_tokenizer, train_tokenizer
-from .decoding import (GenerationResult, GenerationStats, SpeculativeStep, generate, speculative_accept,
-                       speculative_generate, speculative_steps)
+from .decoding import (
+    GenerationResult,
+    GenerationStats,
+    SpeculativeStep,
+    generate,
+    speculative_accept,
+    speculative_generate,
+    speculative_steps,
+)
 from .drafters import MTPDrafter, NGramDrafter
 from .fp8 import FORMATS, FP8Format, accumulation_error_vs_k, dequantize, fp8_matmul, quantize
 from .fp8_linear import FP8Linear, apply_fp8_recipe, fp8_stats, record_fp8_stats
@@ -12,7 +19,7 @@ from .layers import KVCache, RMSNorm
 from .loss import LossParts, mtp_lambda, mtp_loss
 from .model import ModelCache, MTPModel, MTPModule, MTPOutput
 from .sampling import SamplingParams, probs_from_logits
-from .train import Callback, History, ProgressBar, StepRecord, Trainer, TrainConfig, evaluate
+from .train import Callback, History, ProgressBar, StepRecord, TrainConfig, Trainer, evaluate
 
 __version__ = "0.1.0"
 

@@ -167,8 +167,16 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from .checkpoint import (CONFIG_FILE, PRETRAINED_DIR, UNDISTILLED_FILE, CheckpointError, load_config,
-                             load_pretrained, save_model, save_undistilled)
+    from .checkpoint import (
+        CONFIG_FILE,
+        PRETRAINED_DIR,
+        UNDISTILLED_FILE,
+        CheckpointError,
+        load_config,
+        load_pretrained,
+        save_model,
+        save_undistilled,
+    )
     from .cli import check_output, set_threads
     from .data import build_corpus
     from .metrics import write_metrics

@@ -54,7 +54,7 @@ def quantization_table(seed: int = 0, outliers=(1e3, 1e5)) -> list[dict]:
 
 
 def _trainer(corpus, fp8: str, precision: str, steps: int, batch_size: int, seq_len: int, seed: int, device):
-    from .train import Trainer, TrainConfig
+    from .train import TrainConfig, Trainer
     cfg = get_preset("course", vocab_size=corpus.vocab_size, fp8=fp8)
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, warmup=max(1, steps // 10),
                        eval_interval=steps, eval_batches=4, precision=precision, seed=seed)

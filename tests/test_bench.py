@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
 from mtp_lab.bench import matmul_macs_per_token, merge, speedup_ceiling
 from mtp_lab.cli import main
 from mtp_lab.decoding import GenerationStats
-from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")      # tiny models: one thread is fastest
 

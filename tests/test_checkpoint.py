@@ -10,8 +10,14 @@ from safetensors.torch import save as st_save
 
 import mtp_lab.checkpoint as ckpt
 from mtp_lab import get_preset
-from mtp_lab.checkpoint import (CheckpointError, load_model, load_pretrained, load_train_state, save_model,
-                                save_train_state)
+from mtp_lab.checkpoint import (
+    CheckpointError,
+    load_model,
+    load_pretrained,
+    load_train_state,
+    save_model,
+    save_train_state,
+)
 from mtp_lab.data import DEFAULT_TOKENIZER, atomic_write_bytes, load_tokenizer
 from mtp_lab.model import MTPModel
 

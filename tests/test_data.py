@@ -6,8 +6,21 @@ import numpy as np
 import pytest
 from stdlib_sample import sample_root, sample_tokenizer  # noqa: F401  (sample_root is a fixture)
 
-from mtp_lab.data import (DEFAULT_TOKENIZER, EOT, build_corpus, docstrings, documents, eot_id, eval_batches,
-                          list_files, load_tokenizer, sample_batch, split_files, split_of, train_tokenizer)
+from mtp_lab.data import (
+    DEFAULT_TOKENIZER,
+    EOT,
+    build_corpus,
+    docstrings,
+    documents,
+    eot_id,
+    eval_batches,
+    list_files,
+    load_tokenizer,
+    sample_batch,
+    split_files,
+    split_of,
+    train_tokenizer,
+)
 
 TRICKY = ["", " ", "def f(x):\n    return x  # tab\tand  two spaces\r\n", "Ünïcödé ✓ 😀 中文 \x00\x7f",
           "\n\n\n    \t  ", "ends with space ", "a" * 500]

@@ -12,7 +12,7 @@ from stdlib_sample import make_sample_root, sample_tokenizer
 
 from mtp_lab import get_preset
 from mtp_lab.data import build_corpus, save_tokenizer
-from mtp_lab.train import History, Trainer, TrainConfig
+from mtp_lab.train import History, TrainConfig, Trainer
 
 STEPS = 25
 

@@ -2,10 +2,21 @@
 
 import pytest
 import torch
-
-from mtp_lab import (GenerationResult, ModelConfig, MTPDrafter, MTPModel, NGramDrafter, SamplingParams, generate,
-                     get_preset, mtp_loss, speculative_generate, speculative_steps)
 from stdlib_sample import one_thread  # noqa: F401  (fixture)
+
+from mtp_lab import (
+    GenerationResult,
+    ModelConfig,
+    MTPDrafter,
+    MTPModel,
+    NGramDrafter,
+    SamplingParams,
+    generate,
+    get_preset,
+    mtp_loss,
+    speculative_generate,
+    speculative_steps,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")      # tiny models: one thread is fastest
 

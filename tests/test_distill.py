@@ -12,7 +12,7 @@ from mtp_lab.cli import main as cli_main
 from mtp_lab.data import build_corpus, eval_batches
 from mtp_lab.distill import DistillConfig, distill, distill_losses, greedy_continuations
 from mtp_lab.model import MTPModel
-from mtp_lab.train import Trainer, TrainConfig, evaluate
+from mtp_lab.train import TrainConfig, Trainer, evaluate
 
 VOCAB = 320
 

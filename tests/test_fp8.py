@@ -7,9 +7,20 @@ import torch
 import torch.nn.functional as F
 
 from mtp_lab import MTPModel, get_preset
-from mtp_lab.fp8 import (FORMATS, MMA_K, accumulation_error_vs_k, chunk_scales, compute_scale, dequantize,
-                         fake_quantize, fp8_matmul, limited_precision_matmul, quant_stats, quantize, round_to_bits,
-                         scaled_matmul, scaled_mm_available)
+from mtp_lab.fp8 import (
+    FORMATS,
+    MMA_K,
+    accumulation_error_vs_k,
+    compute_scale,
+    dequantize,
+    fake_quantize,
+    fp8_matmul,
+    limited_precision_matmul,
+    quant_stats,
+    quantize,
+    round_to_bits,
+    scaled_mm_available,
+)
 from mtp_lab.fp8_linear import BLOCK_LINEARS, FP8Linear, apply_fp8_recipe, fp8_layers, fp8_stats, record_fp8_stats
 
 

@@ -4,13 +4,21 @@ speed-up lab view."""
 import math
 
 import pytest
+from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
 from mtp_lab.bench import build_drafters, repeated_bench, run_bench
 from mtp_lab.config import get_preset
 from mtp_lab.course import evaluate
-from mtp_lab.proportion import (alpha_from_tau, bench_point, break_even_alpha, draft_cost_vs_depth, expected_tokens,
-                                measure_draft_cost, predicted_speedup, random_model)
-from stdlib_sample import one_thread  # noqa: F401  (fixture)
+from mtp_lab.proportion import (
+    alpha_from_tau,
+    bench_point,
+    break_even_alpha,
+    draft_cost_vs_depth,
+    expected_tokens,
+    measure_draft_cost,
+    predicted_speedup,
+    random_model,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

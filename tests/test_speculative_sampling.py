@@ -13,11 +13,18 @@ import math
 
 import pytest
 import torch
-
-from mtp_lab import (ModelConfig, MTPModel, SamplingParams, generate, speculative_accept, speculative_generate,
-                     speculative_steps)
-from mtp_lab.drafters import Draft
 from stdlib_sample import one_thread  # noqa: F401  (fixture)
+
+from mtp_lab import (
+    ModelConfig,
+    MTPModel,
+    SamplingParams,
+    generate,
+    speculative_accept,
+    speculative_generate,
+    speculative_steps,
+)
+from mtp_lab.drafters import Draft
 
 pytestmark = pytest.mark.usefixtures("one_thread")      # tiny models: one thread is fastest
 

@@ -14,7 +14,7 @@ from mtp_lab.cli import main as cli_main
 from mtp_lab.data import build_corpus, save_tokenizer
 from mtp_lab.loss import mtp_lambda
 from mtp_lab.model import MTPModel
-from mtp_lab.train import Callback, History, Trainer, TrainConfig, evaluate, lr_at
+from mtp_lab.train import Callback, History, TrainConfig, Trainer, evaluate, lr_at
 
 VOCAB = 320
 

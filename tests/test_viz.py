@@ -11,16 +11,23 @@ import torch
 from mtp_lab import MTPModel, get_preset
 from mtp_lab.data import Corpus
 from mtp_lab.decoding import GenerationStats, SpeculativeStep, speculative_generate, speculative_steps
+from mtp_lab.fp8 import fake_quantize
 from mtp_lab.train import History, TrainConfig, Trainer
 from mtp_lab.viz.architecture import architecture_graph, architecture_view
-from mtp_lab.fp8 import fake_quantize
 from mtp_lab.viz.common import Throttle, widgets_available
-from mtp_lab.viz.fp8view import (format_values, fp8_explorer, granularity_errors, layer_scales, linear_layers,
-                                 outlier_activations, round_to_format)
+from mtp_lab.viz.fp8view import (
+    format_values,
+    fp8_explorer,
+    granularity_errors,
+    layer_scales,
+    linear_layers,
+    outlier_activations,
+    round_to_format,
+)
 from mtp_lab.viz.race import race, speculative_race
+from mtp_lab.viz.rmsnorm import capture_norms, eps_response, rmsnorm_dashboard, site_summary, vector_stats
 from mtp_lab.viz.specdec import add_step, draft_table, speculative_dashboard, step_segments
 from mtp_lab.viz.training import training_monitor
-from mtp_lab.viz.rmsnorm import capture_norms, eps_response, rmsnorm_dashboard, site_summary, vector_stats
 
 
 class ByteTokenizer:

@@ -72,7 +72,7 @@ def part_cost() -> None:
 def train_one(L: int, d: int, ff: int, budget: float) -> dict:
     """Train one shape for `budget` seconds (steps fixed from a throughput probe), return its metrics."""
     from mtp_lab.data import build_corpus
-    from mtp_lab.train import Trainer, TrainConfig
+    from mtp_lab.train import TrainConfig, Trainer
     torch.set_num_threads(1)
     corpus = build_corpus()
     cfg = shape_cfg(L, d, ff)

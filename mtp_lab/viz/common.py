@@ -31,8 +31,8 @@ def widgets_available() -> bool:
     if os.environ.get("MTP_LAB_STATIC", "0") not in ("", "0"):
         return False
     try:
-        from IPython import get_ipython
         import anywidget  # noqa: F401  (go.FigureWidget needs it)
+        from IPython import get_ipython
     except ImportError:
         return False
     shell = get_ipython()

@@ -14,6 +14,7 @@
 # !git clone <repository-url> mtp-lab
 # %pip install -q --no-deps -e mtp-lab anywidget
 import torch
+
 from mtp_lab.course import check, environment_report
 
 device = environment_report()

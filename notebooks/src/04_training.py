@@ -16,6 +16,7 @@
 # !git clone <repository-url> mtp-lab
 # %pip install -q --no-deps -e mtp-lab anywidget
 import torch
+
 from mtp_lab.course import check, environment_report
 
 device = environment_report()
@@ -56,6 +57,7 @@ for k, logits_k in enumerate(out.mtp_logits, start=1):
 # %%
 # NBVAL_CHECK_OUTPUT
 import torch.nn.functional as F
+
 from mtp_lab import mtp_loss
 
 torch.manual_seed(0)

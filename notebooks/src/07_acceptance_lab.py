@@ -18,6 +18,7 @@
 # !git clone <repository-url> mtp-lab
 # %pip install -q --no-deps -e mtp-lab anywidget
 import torch
+
 from mtp_lab.course import check, environment_report
 
 device = environment_report()
@@ -133,9 +134,8 @@ fig
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from mtp_lab.drafters import MTPDrafter
-
 from mtp_lab.decoding import speculative_steps
+from mtp_lab.drafters import MTPDrafter
 
 drafts = {}
 for recycle in ("post_norm", "pre_norm"):
@@ -224,6 +224,7 @@ for new_tokens in (NEW_TOKENS, 128):
         m = measure(code_prompts, num_draft=1, new_tokens=new_tokens, drafter=drafter)
         print(f"{new_tokens:3d} new tokens, {label}: first-draft acceptance {m['rate']:.3f}")
 import json
+
 from mtp_lab.checkpoint import PRETRAINED_DIR
 
 card = json.loads((PRETRAINED_DIR / "metrics.json").read_text())      # the model card's measurement
