@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: course test lint install browser clean-venv
+.PHONY: course test test-fast lint notebooks check-notebooks install browser clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ lint: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+
+# the quick loop while editing (under a minute on 2 cores): no test marked slow (> ~2 s) or browser, no notebooks
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not browser" tests
+
+# notebooks/*.ipynb are built from notebooks/src/*.py (jupytext percent format): edit the source, then rebuild.
+# Executes every notebook (about 3 min on 2 cores); NB=02 builds only the notebooks whose names start with 02
+notebooks: $(STAMP)
+	$(BIN)/python tools/build_notebooks.py --threads 1 $(NB)
+
+# fast, no kernel: stored notebooks == sources, clean, and every number the prose quotes is in a checked output
+check-notebooks: $(STAMP)
+	$(BIN)/python tools/build_notebooks.py --check
 
 clean-venv:
 	rm -rf $(VENV)

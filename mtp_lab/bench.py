@@ -17,14 +17,12 @@ full precision), ngram (prompt lookup).
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from .config import check_int
 from .decoding import GenerationStats, generate, speculative_generate
 from .drafters import MTPDrafter, NGramDrafter
 
@@ -137,11 +135,10 @@ def repeated_bench(model, prompts, new_tokens: int, ks, drafters: dict, repeats:
     Timings on a shared machine move from run to run: a single run is one sample, never the answer.
     The counts (tau, acceptance) are the same in every greedy repeat; the time fields come from the median run.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    check_int("repeats", repeats, minimum=1)
     runs = [run_bench(model, prompts, new_tokens, ks, drafters, **kwargs) for _ in range(repeats)]
     rows = []
-    for i, row in enumerate(runs[0]):
+    for i in range(len(runs[0])):
         samples = sorted((run[i] for run in runs), key=lambda r: r["speedup"])
         median = dict(samples[len(samples) // 2])
         speedups = [r["speedup"] for r in samples]
@@ -194,21 +191,22 @@ def _fmt(x, spec: str, width: int = 5) -> str:
     return f"{'-':>{width}}" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _json_safe(x):
+def json_safe(x):
     """NaN (a rate with nothing to count) -> None, so that the file is strict JSON."""
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
 def format_table(rows: list[dict]) -> str:
     kmax = max(r["k"] for r in rows)
     head = (f"{'drafter':8} {'k':>2} {'tau':>5} {'acc':>5} " + " ".join(f"{'p' + str(j + 1):>5}" for j in range(kmax))
-            + f" {'tok/F':>5} {'tok/s':>7} {'speedup':>7} {'range':>10} {'cpu sp':>6} {'sp/tau':>6} {'draft':>6} {'verify':>6} {'ovh':>5} {'c':>5} {'v':>5}  same")
+            + f" {'tok/F':>5} {'tok/s':>7} {'speedup':>7} {'range':>10} {'cpu sp':>6} {'sp/tau':>6}"
+            + f" {'draft':>6} {'verify':>6} {'ovh':>5} {'c':>5} {'v':>5}  same")
     lines = [head, "-" * len(head)]
     for r in rows:
         pos = [r["per_position"][j] if j < len(r["per_position"]) else None for j in range(kmax)]
@@ -223,76 +221,7 @@ def format_table(rows: list[dict]) -> str:
             + f"  {_fmt(r['identical_to_ar'], 'd', 1)}/{r['prompts']}")
     lines.append(f"speedup = the median of {rows[0].get('repeats', 1)} run(s), range = min-max over them; "
                  "tau = 1 + accepted/drafting steps; pj = acceptance at draft position j; tok/F = tokens per "
-                 "main forward; cpu sp = speedup in process CPU time; draft/verify/ovh = ms per main forward (AR: ms per token = "
-                 f"{rows[0]['ms_per_main_forward']['ar_token']:.2f}); c = ms per draft / AR ms per token; v = verify ms per "
-                 "main forward / AR ms per token; same = outputs identical to AR")
+                 "main forward; cpu sp = speedup in process CPU time; draft/verify/ovh = ms per main forward "
+                 f"(AR: ms per token = {rows[0]['ms_per_main_forward']['ar_token']:.2f}); c = ms per draft / AR ms "
+                 "per token; v = verify ms per main forward / AR ms per token; same = outputs identical to AR")
     return "\n".join(lines)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="AR vs speculative decoding (MTP, n-gram drafters): tau, per-position "
-                                            "acceptance, tokens/s, speedup, profile")
-    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped course model)")
-    p.add_argument("--random", metavar="PRESET", default=None,
-                   help="use random weights of this preset and random prompts instead of a checkpoint")
-    p.add_argument("--prompts", type=int, default=16, help="held-out prompts (windows of the test split)")
-    p.add_argument("--prompt-len", type=int, default=64, help="prompt length in tokens")
-    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4], help="draft lengths to run")
-    p.add_argument("--drafters", nargs="+", default=list(DRAFTERS), choices=DRAFTERS)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: as fast as 2 for batch-1 AR "
-                                                           "decoding of the course model and less noisy, tools/ar_threads.py)")
-    p.add_argument("--repeats", type=int, default=1, help="run the whole benchmark this many times and report the "
-                                                          "median run's speed-up with the range (default 1)")
-    p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
-    p.add_argument("--json", default="artifacts/bench_speculative.json", help="where to write the results")
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    from .cli import check_output
-
-    if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, args.repeats, *args.k) <= 0:
-        raise ValueError("--prompts, --prompt-len, --new-tokens, --threads, --repeats and every --k must be > 0")
-    check_output(args.json, "--json", folder=False)
-    torch.set_num_threads(args.threads)
-    if args.random is not None:
-        model, prompts, source = random_setup(args.random, args.prompts, args.prompt_len, args.seed)
-    else:
-        model, prompts, source = heldout_prompts(args.checkpoint, args.prompts, args.prompt_len)
-    if args.prompt_len + args.new_tokens > model.config.max_seq_len:
-        raise ValueError(f"--prompt-len + --new-tokens = {args.prompt_len + args.new_tokens} exceeds the model's "
-                         f"max_seq_len {model.config.max_seq_len}; lower one of them")
-    drafters = build_drafters(model, args.drafters)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        rows = repeated_bench(model, prompts, args.new_tokens, args.k, drafters, args.repeats,
-                              temperature=args.temperature, seed=args.seed,
-                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = {"source": source, "config": model.config.to_dict(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "batch_size": 1, "temperature": args.temperature,
-              "prompts": args.prompts, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-              "repeats": args.repeats,
-              "seconds": time.perf_counter() - t0, "rows": rows}
-    macs = matmul_macs_per_token(model.config)
-    result["cost_model"] = {**macs, "ceiling": {k: speedup_ceiling(macs["c"], k) for k in args.k}}
-    print(f"{source}; {args.prompts} prompts x {args.new_tokens} new tokens, batch 1, "
-          f"temperature {args.temperature}, {torch.get_num_threads()} threads")
-    print(format_table(rows))
-    print(f"matmul multiply-adds per token: main model {macs['main']:,}, one MTP module {macs['mtp_module']:,} "
-          f"(c = {macs['c']:.2f}); ceiling (k+1)/(1+kc) with all drafts accepted and free verification: "
-          + ", ".join(f"k={k} {v:.2f}x" for k, v in result["cost_model"]["ceiling"].items()))
-    if args.profile:
-        best = max(rows[1:], key=lambda r: r["speedup"])
-        result["profile"] = op_profile(model, prompts[0], args.new_tokens, best["k"], drafters[best["drafter"]])
-        for label, prof in result["profile"].items():
-            print(f"\n{label}: {prof['aten_calls_per_token']:.0f} aten calls per token, "
-                  f"{prof['main_forwards']} main forwards")
-            for op in prof["top_ops"][:8]:
-                print(f"  {op['op']:40} {op['calls']:6d} calls {op['self_cpu_ms']:8.1f} ms")
-    from .data import atomic_write_bytes
-    atomic_write_bytes(Path(args.json), json.dumps(_json_safe(result), indent=1, allow_nan=False).encode())
-    print(f"wrote {args.json}")
-    return 0

@@ -26,15 +26,16 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tokenizers import Tokenizer
 
-from .config import ModelConfig
+from .config import ModelConfig, check_choice
 from .data import ASSETS, atomic_write_bytes, load_tokenizer, save_tokenizer
-from .model import MTPModel
+from .model import MTPModel, mtp_state
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -43,6 +44,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_FILE = "trainer.json"
 STAGING_DIR = ".staging"                         # where save_checkpoint writes before its commit
 UNDISTILLED_FILE = "mtp_undistilled.safetensors"  # the MTP modules as MTP-loss training left them (mtp_lab.distill)
+MTPWeights = Literal["distilled", "undistilled"]  # which MTP modules load_pretrained puts in a distilled model
 CHECKPOINT_FILES = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE, OPTIMIZER_FILE)  # trainer.json records their sha256
 PRETRAINED_DIR = ASSETS / "course_model"
 SHALLOW_DIR = ASSETS / "shallow_model"          # the previous, 4-block course model (preset "shallow")
@@ -251,20 +253,18 @@ def _load_undistilled(model: MTPModel, directory: Path) -> None:
         raise CheckpointError(f"{path}: file missing; only a model exported with `--distill-steps` (or written "
                               f"by `mtp-lab distill`) keeps its undistilled MTP modules")
     state = _read_tensors(path)
-    _check_state(path, state, {k: v for k, v in model.state_dict().items() if k.startswith("mtp.")},
-                 directory / CONFIG_FILE)
+    _check_state(path, state, mtp_state(model.state_dict()), directory / CONFIG_FILE)
     model.load_state_dict(state, strict=False)
 
 
 def load_pretrained(path: str | Path | None = None, device: str | torch.device = "cpu",
-                    mtp: str = "distilled") -> tuple[MTPModel, Tokenizer]:
+                    mtp: MTPWeights = "distilled") -> tuple[MTPModel, Tokenizer]:
     """The shipped course model (assets/course_model) or any checkpoint folder -> (model in eval mode, tokenizer).
 
     mtp="undistilled" swaps in the MTP modules as the MTP loss left them, before drafter self-distillation
     (mtp_lab.distill); the main model is the same either way.
     """
-    if mtp not in ("distilled", "undistilled"):
-        raise ValueError(f"mtp must be 'distilled' (the checkpoint's MTP modules) or 'undistilled', got {mtp!r}")
+    check_choice("mtp", mtp, MTPWeights, " (the checkpoint's MTP modules, or those kept before self-distillation)")
     directory = Path(path) if path is not None else PRETRAINED_DIR
     if not (directory / CONFIG_FILE).is_file() and not (directory / MODEL_FILE).is_file():
         raise FileNotFoundError(f"no checkpoint at {directory}; create the course model with `{PRETRAINED_COMMAND}`"

@@ -1,4 +1,6 @@
-"""Model configuration: one frozen dataclass, validated on construction, plus named presets."""
+"""Model configuration: one frozen dataclass, validated on construction, plus named presets; and the two argument
+checks every module shares (`check_int`, `check_choice`: the allowed values of an option are read from its
+`Literal` type, so each set is written once)."""
 
 from __future__ import annotations
 
@@ -6,15 +8,37 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+FP8Recipe = Literal["main", "mtp", "all"]     # block linears put in FP8: main blocks, MTP modules, or both
+FP8Scope = Literal["none", FP8Recipe]         # ModelConfig.fp8: a recipe scope, or none
+
+
+def check_int(name: str, value, minimum: int = 0, note: str = "") -> int:
+    """`value` itself if it is a real int (not a bool, float or string) >= minimum, else a ValueError that names
+    the argument, what it must be (plus `note`, e.g. " (0 = plain decoding)") and what it got."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}{note}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, options, note: str = ""):
+    """`value` itself if it is one of the values of the Literal type `options`, else a ValueError listing them."""
+    allowed = get_args(options)
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; {name} must be one of {', '.join(map(repr, allowed))}{note}")
+    return value
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # defaults = the "course" preset, the shipped course model (assets/course_model)
     vocab_size: int = 2048        # number of token ids (the BPE tokenizer's vocabulary)
-    d_model: int = 256            # width d of every hidden state h (report: d)
-    n_layers: int = 4             # L, transformer blocks in the main model
+    d_model: int = 128            # width d of every hidden state h (report: d)
+    n_layers: int = 24            # L, transformer blocks in the main model
     n_heads: int = 4              # attention heads per block; d_model must divide evenly
-    d_ff: int = 688               # hidden width of each SwiGLU feed-forward
+    d_ff: int = 352               # hidden width of each SwiGLU feed-forward
     max_seq_len: int = 256        # longest sequence (prompt + generated) the rotary table and KV cache hold
     mtp_depth: int = 2            # D, number of sequential MTP modules (0 = plain next-token model)
     norm_eps: float = 1e-6        # epsilon inside every RMSNorm: x / sqrt(mean(x^2) + eps)
@@ -22,7 +46,7 @@ class ModelConfig:
     mtp_input_norm: bool = True   # True: feed MTP module k the hidden state AFTER the previous stage's final
                                   # norm (vLLM/SGLang); False: the state before it (an early vLLM variant)
     init_std: float = 0.02        # standard deviation of the normal initialisation of weights
-    fp8: str = "none"             # which block linears run in simulated FP8 (DeepSeek-V3 recipe, mtp_lab.fp8_linear):
+    fp8: FP8Scope = "none"        # which block linears run in simulated FP8 (DeepSeek-V3 recipe, mtp_lab.fp8_linear):
                                   # "none" | "main" (main blocks) | "mtp" (MTP modules) | "all"
 
     def __post_init__(self) -> None:
@@ -34,9 +58,7 @@ class ModelConfig:
         if not isinstance(self.mtp_input_norm, bool):
             raise ValueError(f"ModelConfig.mtp_input_norm must be True or False (a bool, not a string or number), "
                              f"got {self.mtp_input_norm!r}")
-        if self.fp8 not in FP8_CHOICES:
-            raise ValueError(f"ModelConfig.fp8 must be one of {', '.join(map(repr, FP8_CHOICES))} (which block "
-                             f"linears run in FP8), got {self.fp8!r}")
+        check_choice("ModelConfig.fp8", self.fp8, FP8Scope, " (which block linears run in FP8)")
         if self.d_model % self.n_heads:
             raise ValueError(f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads "
                              f"({self.n_heads}); choose n_heads that divides d_model")
@@ -67,19 +89,13 @@ class ModelConfig:
         return cls(**d)
 
 
-FP8_CHOICES = ("none", "main", "mtp", "all")
-
-
 def _default(name: str):
     return next(f.default for f in dataclasses.fields(ModelConfig) if f.name == name)
 
 
 def _check_int(cfg: "ModelConfig", name: str, minimum: int, note: str = "") -> None:
-    """A real int (not a bool, float or string) >= minimum."""
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"ModelConfig.{name} must be {kind}{note}, e.g. {_default(name)}, got {value!r}")
+    """check_int on a field, the message naming ModelConfig.name and its default."""
+    check_int(f"ModelConfig.{name}", getattr(cfg, name), minimum, f"{note}, e.g. {_default(name)}")
 
 
 def _check_positive_float(cfg: "ModelConfig", name: str) -> None:
@@ -95,8 +111,7 @@ PRESETS: dict[str, ModelConfig] = {
     # The shipped course model (assets/course_model): deep and thin, so that one MTP module (one block plus the
     # shared head) costs c ~ 0.08 of a main forward (the shape sweep in assets/MODEL_CARD.md). Trained on the
     # Python standard library on 2 CPU cores.
-    "course": ModelConfig(vocab_size=2048, d_model=128, n_layers=24, n_heads=4, d_ff=352, max_seq_len=256,
-                          mtp_depth=2),
+    "course": ModelConfig(),
     # The previous course model's shape (assets/shallow_model): 4 blocks, one MTP module costs c ~ 0.4 of it.
     "shallow": ModelConfig(vocab_size=2048, d_model=192, n_layers=4, n_heads=4, d_ff=512, max_seq_len=256,
                            mtp_depth=2),

@@ -14,6 +14,7 @@ wrong normalisation) to name them. The exercises themselves live in `mtp_lab.cou
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Any
 
@@ -37,12 +38,20 @@ def evaluate(name: str, answer: Any) -> CheckResult:
     return CheckResult(name, "correct", message, ex.hint)
 
 
+STRICT_ENV = "MTP_LAB_STRICT_CHECKS"   # set by the notebook tests (notebooks/conftest.py)
+
+
 def check(name: str, answer: Any) -> None:
     """Check an exercise answer and print the verdict: correct, what is wrong (with a hint), or not attempted.
 
-    Use `evaluate` to get the verdict as a CheckResult instead.
+    Use `evaluate` to get the verdict as a CheckResult instead. With the environment variable
+    MTP_LAB_STRICT_CHECKS=1 (the notebook tests) a wrong answer also raises AssertionError: the course's own
+    solutions store no output, so this is what makes a solution that stopped passing fail the run.
     """
-    print(evaluate(name, answer))
+    result = evaluate(name, answer)
+    print(result)
+    if result.status == "wrong" and os.environ.get(STRICT_ENV) == "1":
+        raise AssertionError(f"{STRICT_ENV}=1: {result}")
 
 
 def pick_device() -> torch.device:

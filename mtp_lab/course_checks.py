@@ -64,7 +64,8 @@ def _mtp_share(value) -> str:
 
 # ---------------------------------------------------------------- 01 main model
 
-@exercise("greedy_next", "01", "which position's logits score the token that comes AFTER the whole sequence? Then pick the most likely id.")
+@exercise("greedy_next", "01", "which position's logits score the token that comes AFTER the whole sequence? "
+                               "Then pick the most likely id.")
 def _greedy_next(fn) -> str:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 50, generator=g)
@@ -152,7 +153,10 @@ def _mtp_inputs(fn) -> str:
     if not (isinstance(got, tuple) and len(got) == 2):
         raise Wrong("return a pair (h_in, tokens_in)")
     h_in, tok_in = as_tensor(got[0], "h_in"), as_tensor(got[1], "tokens_in")
-    same = lambda a, b: a.shape == b.shape and torch.equal(a, b)
+
+    def same(a, b):
+        return a.shape == b.shape and torch.equal(a, b)
+
     if same(tok_in, tokens[:, k + 1:]) or same(tok_in[:, :T - k - 1], tokens[:, k + 1:]):
         raise Wrong("tokens shifted by k+1: module k would embed the very token it must predict (a label leak)")
     if same(tok_in, tokens[:, k - 1:]) or same(tok_in, tokens[:, k - 1:T - 1]):
@@ -201,7 +205,8 @@ def _mtp_combine(fn) -> str:
 
 # ---------------------------------------------------------------- 04 training
 
-@exercise("mtp_targets", "04", "targets[:, i] = t_{i+1} and depth k at position i predicts t_{i+k+1} = targets[:, i+k].")
+@exercise("mtp_targets", "04",
+          "targets[:, i] = t_{i+1} and depth k at position i predicts t_{i+k+1} = targets[:, i+k].")
 def _mtp_targets(fn) -> str:
     targets = torch.arange(20).view(2, 10)
     for k in (1, 2, 3):
@@ -334,7 +339,7 @@ def _greedy_accepted(fn) -> str:
     for draft, target, want in cases:
         got = int(_number(call(fn, list(draft), list(target)), "greedy_accepted(draft, target)"))
         if got != want:
-            matches = sum(a == b for a, b in zip(draft, target))
+            matches = sum(a == b for a, b in zip(draft, target, strict=False))
             if got == matches:
                 raise Wrong(f"draft {draft} vs target argmax {target}: you counted all matches ({got}); after the "
                             f"first mismatch every later draft was built on a wrong token, so stop there ({want})")
@@ -344,8 +349,9 @@ def _greedy_accepted(fn) -> str:
 
 # ---------------------------------------------------------------- 07 acceptance lab
 
-@exercise("expected_tokens", "07", "draft j is kept only if drafts 1..j all pass; add up the chances, and do not forget "
-                                   "the token the target always contributes. Check alpha = 1 too.")
+@exercise("expected_tokens", "07",
+          "draft j is kept only if drafts 1..j all pass; add up the chances, and do not forget "
+          "the token the target always contributes. Check alpha = 1 too.")
 def _expected_tokens(fn) -> str:
     for a, k in ((0.8, 1), (0.8, 3), (0.5, 4), (0.0, 2)):
         want = (1 - a ** (k + 1)) / (1 - a)

@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
 import os
 import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .config import check_choice
+
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.05
 TEST_FRACTION = 0.05
-MIXES = ("code", "docstrings", "both")
+Mix = Literal["code", "docstrings", "both"]   # the documents of each corpus file: source, docstrings, or both
 EOT = "<|endoftext|>"                       # separates documents in the token stream
 EXCLUDED_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__"})
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -78,10 +82,9 @@ def docstrings(source: str) -> list[str]:
     return [d for node in ast.walk(tree) if isinstance(node, kinds) and (d := ast.get_docstring(node))]
 
 
-def documents(files: list[str], root: Path | None = None, mix: str = "both") -> list[str]:
+def documents(files: list[str], root: Path | None = None, mix: Mix = "both") -> list[str]:
     """The documents of `files`: source code and/or joined docstrings, per file, in file order."""
-    if mix not in MIXES:
-        raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
+    check_choice("mix", mix, Mix)
     root = Path(root) if root is not None else stdlib_root()
     docs = []
     for rel in files:
@@ -173,6 +176,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_json(path: Path, obj, **dumps) -> None:
+    """`obj` as JSON (json.dumps keyword arguments: indent 2 unless given) and a final newline, atomically."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, **{"indent": 2, **dumps}) + "\n").encode("utf-8"))
+
+
 def cache_dir() -> Path:
     """$MTP_LAB_CACHE, else ~/.cache/mtp_lab."""
     return Path(os.environ.get("MTP_LAB_CACHE", Path.home() / ".cache" / "mtp_lab"))
@@ -193,7 +201,7 @@ class Corpus:
 
 
 def build_corpus(tokenizer: Tokenizer | str | Path | None = DEFAULT_TOKENIZER, root: Path | None = None,
-                 files: list[str] | None = None, mix: str = "both", vocab_size: int = 2048,
+                 files: list[str] | None = None, mix: Mix = "both", vocab_size: int = 2048,
                  use_cache: bool = True) -> Corpus:
     """Split the corpus files, get a tokenizer, and encode each split.
 
@@ -225,11 +233,9 @@ def build_corpus(tokenizer: Tokenizer | str | Path | None = DEFAULT_TOKENIZER, r
             continue
         streams[split] = encode_documents(tok, documents(split_list, root, mix))
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, streams[split], allow_pickle=False)
-            os.replace(tmp, path)
+            buffer = io.BytesIO()
+            np.save(buffer, streams[split], allow_pickle=False)
+            atomic_write_bytes(path, buffer.getvalue())
     return Corpus(tokenizer=tok, splits=streams, files=groups)
 
 

@@ -20,16 +20,17 @@ from __future__ import annotations
 import numbers
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 
-from .drafters import MTPDrafter, NGramDrafter
+from .config import check_choice, check_int
+from .drafters import Drafter, DrafterName, MTPDrafter, NGramDrafter, Recycle
 from .model import MTPModel
 from .sampling import SamplingParams
 
-STOP_REASONS = ("max_new_tokens", "eos", "max_seq_len")
+StopReason = Literal["max_new_tokens", "eos", "max_seq_len"]   # why a generation ended
 
 
 @dataclass
@@ -46,7 +47,7 @@ class GenerationStats:
     wall_time_s: float = 0.0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0       # main-model forwards (prefill included)
-    stop_reason: str = ""            # one of STOP_REASONS
+    stop_reason: StopReason | str = ""   # why it ended ("" until it has)
 
     @property
     def acceptance_rate(self) -> float:
@@ -61,7 +62,8 @@ class GenerationStats:
     @property
     def per_position(self) -> list[float]:
         """Acceptance rate at draft position j: accepted at j / steps that drafted j (includes the chain)."""
-        return [a / d if d else float("nan") for a, d in zip(self.accepted_per_position, self.drafted_per_position)]
+        return [a / d if d else float("nan")
+                for a, d in zip(self.accepted_per_position, self.drafted_per_position, strict=True)]
 
     @property
     def tokens_per_main_forward(self) -> float:
@@ -215,10 +217,9 @@ def _prompt_list(model: MTPModel, prompt_ids) -> list[int]:
 
 
 def _check_common(model: MTPModel, max_new_tokens: int, eos_id: int | None) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, minimum=0)
     V = model.config.vocab_size
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < V):
+    if eos_id is not None and check_int("eos_id", eos_id, minimum=0, note=" (a token id, or None)") >= V:
         raise ValueError(f"eos_id must be None or a token id in [0, {V}), got {eos_id!r}")
 
 
@@ -230,7 +231,7 @@ def _generator(seed: int | None, model: MTPModel) -> torch.Generator | None:
 
 
 def _stop_reason(tokens: list[int], n_new: int, max_new_tokens: int, max_seq_len: int,
-                 eos_id: int | None) -> str | None:
+                 eos_id: int | None) -> StopReason | None:
     """Why generation must stop now, or None. The sequence (prompt + new) may not exceed max_seq_len."""
     if eos_id is not None and n_new > 0 and tokens[-1] == eos_id:
         return "eos"
@@ -266,17 +267,19 @@ def generate(model: MTPModel, prompt_ids, max_new_tokens: int, temperature: floa
     return GenerationResult(prompt, tokens[len(prompt):], stats)
 
 
-def make_drafter(model: MTPModel, drafter="mtp", fp8_drafter: bool = False, recycle: str | None = None):
-    """A drafter by name ("mtp", "ngram") or a drafter object passed through.
+def make_drafter(model: MTPModel, drafter: DrafterName | Drafter = "mtp", fp8_drafter: bool = False,
+                 recycle: Recycle | None = None) -> Drafter:
+    """A drafter by name ("mtp", "ngram") or a Drafter object passed through.
 
     fp8_drafter: draft with a copy of the model whose MTP modules run in simulated FP8 (mtp_lab.fp8,
     scope="mtp"); the main model still verifies in full precision, so the output is unchanged.
     """
     if not isinstance(drafter, str):
-        if not all(hasattr(drafter, name) for name in ("start", "propose", "commit")):
-            raise ValueError(f"drafter must be 'mtp', 'ngram' or an object with start/propose/commit, "
-                             f"got {drafter!r}")
+        if not isinstance(drafter, Drafter):
+            raise ValueError(f"drafter must be 'mtp', 'ngram' or an object with start/propose/commit "
+                             f"(mtp_lab.drafters.Drafter), got {drafter!r}")
         return drafter
+    check_choice("drafter", drafter, DrafterName, " (or a Drafter object)")
     if drafter == "mtp":
         draft_model = None
         if fp8_drafter:
@@ -285,14 +288,12 @@ def make_drafter(model: MTPModel, drafter="mtp", fp8_drafter: bool = False, recy
         return MTPDrafter(model, draft_model=draft_model, recycle=recycle)
     if fp8_drafter:
         raise ValueError("fp8_drafter=True needs drafter='mtp' (the n-gram drafter has no weights)")
-    if drafter == "ngram":
-        return NGramDrafter(model.config.vocab_size)
-    raise ValueError(f"unknown drafter {drafter!r}; choose 'mtp' or 'ngram'")
+    return NGramDrafter(model.config.vocab_size)
 
 
 def speculative_steps(model: MTPModel, prompt_ids, max_new_tokens: int, num_draft: int = 1,
                       temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                      seed: int | None = None, drafter="mtp", eos_id: int | None = None,
+                      seed: int | None = None, drafter: DrafterName | Drafter = "mtp", eos_id: int | None = None,
                       fp8_drafter: bool = False) -> Iterator[SpeculativeStep]:
     """The speculative engine as a generator of SpeculativeStep events (one per main-model forward).
 
@@ -301,8 +302,7 @@ def speculative_steps(model: MTPModel, prompt_ids, max_new_tokens: int, num_draf
     """
     prompt = _prompt_list(model, prompt_ids)
     _check_common(model, max_new_tokens, eos_id)
-    if isinstance(num_draft, bool) or not isinstance(num_draft, int) or num_draft < 0:
-        raise ValueError(f"num_draft must be an integer >= 0 (0 = plain decoding), got {num_draft!r}")
+    check_int("num_draft", num_draft, minimum=0, note=" (0 = plain decoding)")
     params = SamplingParams(temperature, top_k, top_p)
     drafter = make_drafter(model, drafter, fp8_drafter)
     return _engine(model, prompt, max_new_tokens, num_draft, params, _generator(seed, model), drafter, eos_id)
@@ -310,7 +310,7 @@ def speculative_steps(model: MTPModel, prompt_ids, max_new_tokens: int, num_draf
 
 @torch.inference_mode()
 def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, params: SamplingParams,
-            gen: torch.Generator | None, drafter, eos_id: int | None):
+            gen: torch.Generator | None, drafter: Drafter, eos_id: int | None):
     device, max_len = model.head.weight.device, model.config.max_seq_len
     cache = model.new_cache()
     drafter.start(cache)
@@ -364,8 +364,8 @@ def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, par
 
 def speculative_generate(model: MTPModel, prompt_ids, max_new_tokens: int, num_draft: int = 1,
                          temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                         seed: int | None = None, drafter="mtp", eos_id: int | None = None,
-                         fp8_drafter: bool = False) -> GenerationResult:
+                         seed: int | None = None, drafter: DrafterName | Drafter = "mtp",
+                         eos_id: int | None = None, fp8_drafter: bool = False) -> GenerationResult:
     """Speculative decoding: exactly the main model's output distribution, fewer main-model forwards.
 
     drafter: "mtp" (chain the MTP modules), "ngram" (prompt lookup) or a drafter object (mtp_lab.drafters).

@@ -22,18 +22,15 @@ straight from pre-training with the MTP loss. `mtp-lab distill` runs it on a sav
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import Corpus, sample_batch
-from .model import MTPModel
+from .model import MTPModel, is_mtp
 
 
 @dataclass
@@ -47,7 +44,7 @@ class DistillConfig:
     prompt_len: int = 32              # train-split tokens that start each continuation
     generated_fraction: float = 0.5   # share of each batch taken from the continuations (rest: natural text)
     grad_clip: float = 1.0            # max gradient norm of the MTP parameters
-    seed: int = 1337
+    seed: int = 1337                  # the continuations and batches
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "generated", "prompt_len"):
@@ -109,8 +106,8 @@ def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool 
     generated = greedy_continuations(model, prompts, cfg.seq_len).clone()         # (N, T)
     gen_seconds = time.perf_counter() - t0
 
-    student = [p for name, p in model.named_parameters() if name.startswith("mtp.")]
-    frozen = [p for name, p in model.named_parameters() if not name.startswith("mtp.")]
+    student = [p for name, p in model.named_parameters() if is_mtp(name)]
+    frozen = [p for name, p in model.named_parameters() if not is_mtp(name)]
     flags = [p.requires_grad for p in frozen]
     for p in frozen:
         p.requires_grad_(False)
@@ -137,7 +134,7 @@ def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool 
             norm = torch.nn.utils.clip_grad_norm_(student, cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            records.append({"step": step + 1, "loss": loss.item(), "depth": [l.item() for l in losses],
+            records.append({"step": step + 1, "loss": loss.item(), "depth": [d.item() for d in losses],
                             "lr": lr, "grad_norm": float(norm)})
             if bar is not None:
                 bar.update(1)
@@ -145,72 +142,9 @@ def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool 
     finally:
         if bar is not None:
             bar.close()
-        for p, flag in zip(frozen, flags):
+        for p, flag in zip(frozen, flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
     if records:
         records[0]["generation_seconds"] = round(gen_seconds, 2)
     return records
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("distill", help="self-distil a saved model's MTP modules toward its main model",
-                              description=__doc__)
-    p.add_argument("--checkpoint", default=None, help="model folder (default: the shipped course model)")
-    p.add_argument("--out", required=True, help="folder to write the distilled model to")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--root", default=None, help="corpus folder of .py files (default: this Python's "
-                                                "standard library)")
-    for f in dataclasses.fields(DistillConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    from .checkpoint import (
-        CONFIG_FILE,
-        PRETRAINED_DIR,
-        UNDISTILLED_FILE,
-        CheckpointError,
-        load_config,
-        load_pretrained,
-        save_model,
-        save_undistilled,
-    )
-    from .cli import check_output, set_threads
-    from .data import build_corpus
-    from .metrics import write_metrics
-
-    cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
-    source = Path(args.checkpoint) if args.checkpoint else PRETRAINED_DIR
-    out = check_output(args.out, "--out", folder=True)
-    if out.resolve() == source.resolve():
-        raise ValueError(f"--out {out} is the model being distilled: it would be replaced; give another --out")
-    set_threads(args.threads)
-    model, tok = load_pretrained(source)
-    _, meta = load_config(source)
-    dtype = getattr(torch, str(meta.get("weights_dtype", "float32")), None)
-    if not isinstance(dtype, torch.dtype):
-        raise CheckpointError(f"{source / CONFIG_FILE}: unknown weights_dtype {meta['weights_dtype']!r}")
-    # the undistilled modules: the source's own, or those it kept if it was distilled already
-    if (source / UNDISTILLED_FILE).is_file():
-        undistilled = load_pretrained(source, mtp="undistilled")[0].state_dict()
-    else:
-        undistilled = model.state_dict()
-    undistilled = {k: v.detach().clone() for k, v in undistilled.items() if k.startswith("mtp.")}
-    corpus = build_corpus(tok, root=args.root)
-    t0 = time.perf_counter()
-    records = distill(model, corpus, cfg)
-    save_model(out, model, tok, dtype=dtype,
-               metadata={**{k: v for k, v in meta.items() if k not in ("model", "weights_dtype")},
-                         "distill_config": dataclasses.asdict(cfg), "distilled_from": str(source),
-                         "distill_seconds": round(time.perf_counter() - t0, 1),
-                         "distill_final_loss": records[-1]["loss"]})
-    save_undistilled(out, undistilled, dtype)
-    write_metrics(out, corpus, cfg.batch_size, cfg.seq_len, cfg.steps)
-    return 0
-
-
-if __name__ == "__main__":
-    from .cli import main
-    sys.exit(main(["distill", *sys.argv[1:]]))

@@ -2,24 +2,23 @@
 
 A drafter proposes up to k tokens after the committed sequence t_0..t_n, each with the distribution q it
 was drawn from; the engine (decoding.py) verifies them with the main model and tells the drafter how many
-positions were kept, so that the drafter can roll back its own state.
-
-Drafter protocol (duck-typed):
-    start(cache)                          a new generation begins; `cache` is the engine's ModelCache
-    propose(tokens, k, params, generator) -> Draft with at most k tokens
-    commit(hidden, n_kept)                the main model's states h_i of the newly kept positions, and how
-                                          many drafts of the last proposal were kept
+positions were kept, so that the drafter can roll back its own state. `Drafter` is that contract.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
+from .config import check_choice
 from .model import ModelCache, MTPModel
 from .sampling import SamplingParams
+
+DrafterName = Literal["mtp", "ngram"]        # the drafters the engine builds by name (decoding.make_drafter)
+Recycle = Literal["post_norm", "pre_norm"]   # the state an MTP module's reuse for drafts k > D is fed back
 
 
 @dataclass
@@ -28,6 +27,22 @@ class Draft:
     probs: torch.Tensor                 # (k', V): q_j, the distribution d_j was drawn from
     logits: torch.Tensor | None         # (k', V): the drafter's raw logits (None for weight-free drafters)
     forwards: int                       # module forward calls spent on this draft
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """What the engine (decoding.py) calls, in this order, for every generation."""
+
+    def start(self, cache: ModelCache) -> None:
+        """A new generation begins; `cache` is the engine's ModelCache."""
+
+    def propose(self, tokens: list[int], k: int, params: SamplingParams,
+                generator: torch.Generator | None = None) -> Draft:
+        """At most k draft tokens after the committed `tokens`, each with the distribution it was drawn from."""
+
+    def commit(self, hidden: torch.Tensor, n_kept: int) -> None:
+        """hidden (1, T_new, C): the main model's states h_i of the newly kept positions; n_kept: how many drafts
+        of the last proposal were kept."""
 
 
 class MTPDrafter:
@@ -62,12 +77,12 @@ class MTPDrafter:
 
     name = "mtp"
 
-    def __init__(self, model: MTPModel, draft_model: MTPModel | None = None, recycle: str | None = None):
+    def __init__(self, model: MTPModel, draft_model: MTPModel | None = None, recycle: Recycle | None = None):
         if len(model.mtp) == 0:
             raise ValueError("the MTP drafter needs a model with MTP modules (config.mtp_depth >= 1); "
                              "use drafter='ngram' for a model without them")
-        if recycle not in (None, "post_norm", "pre_norm"):
-            raise ValueError(f"recycle must be None, 'post_norm' or 'pre_norm', got {recycle!r}")
+        if recycle is not None:
+            check_choice("recycle", recycle, Recycle, " (or None: as the config feeds depths in training)")
         self.draft_model = draft_model if draft_model is not None else model
         if len(self.draft_model.mtp) != len(model.mtp):
             raise ValueError("draft_model must have as many MTP modules as the verifying model")

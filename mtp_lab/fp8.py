@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-GRANULARITIES = ("tensor", "tile", "block")
-SCALE_MODES = ("amax", "pow2")
-BACKENDS = ("dequant", "chunked", "scaled_mm")
+from .config import check_choice, check_int
+
+Granularity = Literal["tensor", "tile", "block"]     # one scale per tensor, per 1 x 128 tile, per 128 x 128 block
+ScaleMode = Literal["amax", "pow2"]                  # s = amax / max, or its next power of two
+Backend = Literal["dequant", "chunked", "scaled_mm"]  # how scaled_matmul computes (its docstring)
 AMAX_FLOOR = 1e-4
 
 
@@ -72,18 +75,16 @@ def get_format(fmt: str | FP8Format) -> FP8Format:
     return FORMATS[fmt]
 
 
-def _check(granularity: str, block_size: int) -> None:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
-    if not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+def _check(granularity: Granularity, block_size: int) -> None:
+    check_choice("granularity", granularity, Granularity)
+    check_int("block_size", block_size, minimum=1)
 
 
 def _pad(x: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:
     return F.pad(x, pads) if any(pads) else x
 
 
-def _groups(x: torch.Tensor, granularity: str, block_size: int) -> torch.Tensor:
+def _groups(x: torch.Tensor, granularity: Granularity, block_size: int) -> torch.Tensor:
     """Zero-pad x and view it as groups: tensor (1, n); tile (..., nK, bs); block (nN, bs, nK, bs)."""
     if granularity == "tensor":
         return x.reshape(1, -1)
@@ -99,7 +100,7 @@ def _groups(x: torch.Tensor, granularity: str, block_size: int) -> torch.Tensor:
     return _pad(x, (0, nK * bs - K, 0, nN * bs - N)).reshape(nN, bs, nK, bs)
 
 
-def _ungroup(g: torch.Tensor, shape: torch.Size, granularity: str) -> torch.Tensor:
+def _ungroup(g: torch.Tensor, shape: torch.Size, granularity: Granularity) -> torch.Tensor:
     """Inverse of _groups: back to the original (unpadded) shape."""
     if granularity == "tensor":
         return g.reshape(shape)
@@ -108,11 +109,11 @@ def _ungroup(g: torch.Tensor, shape: torch.Size, granularity: str) -> torch.Tens
     return g.flatten(2).flatten(0, 1)[:shape[0], :shape[1]]
 
 
-def _group_dims(granularity: str) -> tuple[int, ...]:
+def _group_dims(granularity: Granularity) -> tuple[int, ...]:
     return {"tensor": (-1,), "tile": (-1,), "block": (1, 3)}[granularity]
 
 
-def _scale_view(scale: torch.Tensor, granularity: str) -> torch.Tensor:
+def _scale_view(scale: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     """Give a per-group scale the singleton dims that broadcast it against the grouped view."""
     if granularity == "block":
         return scale[:, None, :, None]
@@ -126,7 +127,7 @@ def _check_finite(amax: torch.Tensor) -> None:
                          "(check the loss/gradients upstream, or lower the learning rate)")
 
 
-def compute_scale(amax: torch.Tensor, fmt: str | FP8Format = "e4m3", scale: str = "amax",
+def compute_scale(amax: torch.Tensor, fmt: str | FP8Format = "e4m3", scale: ScaleMode = "amax",
                   amax_floor: float = AMAX_FLOOR) -> torch.Tensor:
     """Scale from a group's max |x|:  s = max(amax, floor) / fmt.max, or its next power of two ("pow2").
 
@@ -134,8 +135,7 @@ def compute_scale(amax: torch.Tensor, fmt: str | FP8Format = "e4m3", scale: str 
     groups quantize to exact zeros.
     """
     f = get_format(fmt)
-    if scale not in SCALE_MODES:
-        raise ValueError(f"unknown scale mode {scale!r}; choose one of {SCALE_MODES}")
+    check_choice("scale mode", scale, ScaleMode)
     fi = torch.finfo(torch.float32)                 # a normal float32: smaller floors underflow s to 0
     if isinstance(amax_floor, bool) or not isinstance(amax_floor, (int, float)) or not fi.tiny <= amax_floor <= fi.max:
         raise ValueError(f"amax_floor must be a finite number >= {fi.tiny:.3g} (default {AMAX_FLOOR}, as in DeepSeek's "
@@ -146,8 +146,8 @@ def compute_scale(amax: torch.Tensor, fmt: str | FP8Format = "e4m3", scale: str 
     return torch.exp2(torch.ceil(torch.log2(s))) if scale == "pow2" else s
 
 
-def quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: str = "tensor",
-             block_size: int = 128, scale: str | float = "amax", amax_floor: float = AMAX_FLOOR
+def quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: Granularity = "tensor",
+             block_size: int = 128, scale: ScaleMode | float = "amax", amax_floor: float = AMAX_FLOOR
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """x -> (q in fmt's float8 dtype with x's shape, float32 scale per group).
 
@@ -171,7 +171,7 @@ def quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: str = 
     return _ungroup(q, x.shape, granularity), (s.reshape(()) if granularity == "tensor" else s)
 
 
-def expand_scale(scale: torch.Tensor, shape: torch.Size, granularity: str, block_size: int = 128
+def expand_scale(scale: torch.Tensor, shape: torch.Size, granularity: Granularity, block_size: int = 128
                  ) -> torch.Tensor:
     """The per-group scale repeated to one value per element of a tensor of `shape`."""
     _check(granularity, block_size)
@@ -182,7 +182,7 @@ def expand_scale(scale: torch.Tensor, shape: torch.Size, granularity: str, block
     return scale.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)[:shape[0], :shape[1]]
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str = "tensor", block_size: int = 128
+def dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: Granularity = "tensor", block_size: int = 128
                ) -> torch.Tensor:
     """x ~= q * s, in float32 (float8 arithmetic is not implemented on CPU: always compute in fp32)."""
     _check(granularity, block_size)
@@ -190,8 +190,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str = "tensor"
     return _ungroup(g, q.shape, granularity)
 
 
-def fake_quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: str = "tensor",
-                  block_size: int = 128, scale: str | float = "amax") -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: Granularity = "tensor",
+                  block_size: int = 128, scale: ScaleMode | float = "amax") -> torch.Tensor:
     """dequantize(quantize(x)): what the FP8 GEMM actually sees, in float32."""
     q, s = quantize(x, fmt, granularity, block_size, scale)
     return dequantize(q, s, granularity, block_size)
@@ -199,7 +199,7 @@ def fake_quantize(x: torch.Tensor, fmt: str | FP8Format = "e4m3", granularity: s
 
 # ----------------------------------------------------------------------------- the GEMM
 
-def chunk_scales(scale: torch.Tensor, granularity: str, rows: int, k: int, block_size: int = 128
+def chunk_scales(scale: torch.Tensor, granularity: Granularity, rows: int, k: int, block_size: int = 128
                  ) -> torch.Tensor:
     """Scales as the GEMM kernel reads them: one per (row, 128-wide K chunk), shape (rows, ceil(K/bs)).
 
@@ -215,7 +215,7 @@ def chunk_scales(scale: torch.Tensor, granularity: str, rows: int, k: int, block
 
 
 def scaled_matmul(qa: torch.Tensor, sa: torch.Tensor, qb: torch.Tensor, sb: torch.Tensor,
-                  block_size: int = 128, backend: str = "dequant") -> torch.Tensor:
+                  block_size: int = 128, backend: Backend = "dequant") -> torch.Tensor:
     """C = A B^T from FP8 operands qa (M, K), qb (N, K) and chunk scales sa (M, nK), sb (N, nK); fp32 (M, N).
 
     The released kernel's scheme, chunk c = K columns c*bs .. (c+1)*bs - 1:
@@ -226,8 +226,7 @@ def scaled_matmul(qa: torch.Tensor, sa: torch.Tensor, qb: torch.Tensor, sb: torc
             "scaled_mm": each partial product on real FP8 tensor cores (torch._scaled_mm, fp32 output),
                        then scaled and accumulated in FP32 like the kernel.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_choice("backend", backend, Backend)
     (M, K), N, nK = qa.shape, qb.shape[0], sa.shape[1]
     if backend == "dequant":
         a = dequantize(qa, sa, "tile", block_size)                                 # (M, K)
@@ -251,7 +250,10 @@ def _scaled_mm_chunk(qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
     the chunk is zero-padded (exactly representable) and the result cropped.
     """
     (M, k), N = qa.shape, qb.shape[0]
-    pad = lambda t, rows: F.pad(t.float(), (0, -k % 16, 0, -rows % 16)).to(qa.dtype).contiguous()
+
+    def pad(t: torch.Tensor, rows: int) -> torch.Tensor:                  # (rows, k) -> multiples of 16
+        return F.pad(t.float(), (0, -k % 16, 0, -rows % 16)).to(qa.dtype).contiguous()
+
     one = torch.ones((), device=qa.device, dtype=torch.float32)
     y = torch._scaled_mm(pad(qa, M), pad(qb, N).t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
     return y[:M, :N]
@@ -265,7 +267,7 @@ def scaled_mm_available(device: torch.device | str | None = None) -> bool:
 
 
 def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt: str | FP8Format = "e4m3", block_size: int = 128,
-               scale: str = "amax", backend: str = "chunked") -> torch.Tensor:
+               scale: ScaleMode = "amax", backend: Backend = "chunked") -> torch.Tensor:
     """a (..., K) @ b (N, K)^T -> (..., N) fp32, with DeepSeek-V3's fine-grained FP8 scaling.
 
     a: activations, quantized per 1 x 128 tile; b: a weight (out, in), quantized per 128 x 128 block.
@@ -280,7 +282,7 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt: str | FP8Format = "e4m3", 
     return y.reshape(*lead, b.shape[0])
 
 
-def quant_stats(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, granularity: str,
+def quant_stats(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, granularity: Granularity,
                 block_size: int = 128, fmt: str | FP8Format = "e4m3") -> dict:
     """What quantization did to x: the numbers the FP8 visualizer shows.
 
@@ -340,13 +342,14 @@ def limited_precision_matmul(a: torch.Tensor, b: torch.Tensor, mantissa_bits: in
     L = K if promote_every is None else promote_every
     if not isinstance(L, int) or L <= 0:
         raise ValueError(f"promote_every must be a positive number of K elements or None, got {promote_every!r}")
-    if isinstance(mma_k, bool) or not isinstance(mma_k, int) or mma_k <= 0:
-        raise ValueError(f"mma_k must be a positive integer (K of one tensor-core MMA, {MMA_K} on Hopper), "
-                         f"got {mma_k!r}")
+    check_int("mma_k", mma_k, minimum=1, note=f" (K of one tensor-core MMA, {MMA_K} on Hopper)")
     G = min(mma_k, L)
     nC, nG = -(-K // L), -(-L // G)
-    slices = lambda x: F.pad(F.pad(x.double(), (0, nC * L - K)).reshape(x.shape[0], nC, L),
-                             (0, nG * G - L)).reshape(x.shape[0], nC, nG, G)   # zero padding adds nothing
+
+    def slices(x: torch.Tensor) -> torch.Tensor:                         # (R, K) -> (R, nC, nG, G)
+        chunks = F.pad(x.double(), (0, nC * L - K)).reshape(x.shape[0], nC, L)   # zero padding adds nothing
+        return F.pad(chunks, (0, nG * G - L)).reshape(x.shape[0], nC, nG, G)
+
     partial = torch.einsum("mcgj,ncgj->gcmn", slices(a), slices(b))          # (nG, nC, M, N): one per MMA
     acc = torch.zeros(nC, M, N, dtype=torch.float64, device=a.device)
     for g in range(nG):  # sequential inside a chunk, every chunk at once
@@ -376,8 +379,9 @@ def accumulation_error_vs_k(ks=(128, 256, 512, 1024, 2048, 4096), m: int = 32, n
         qb, sb = quantize(b, "e4m3", "block")
         a_hat, b_hat = dequantize(qa, sa, "tile"), dequantize(qb, sb, "block")
         exact = a_hat.double() @ b_hat.double().t()
-        err = lambda c: float((c.double() - exact).norm() / exact.norm())
-        limited = lambda every: limited_precision_matmul(a_hat, b_hat, mantissa_bits, every, mma_k)
-        rows.append({"k": k, "limited": err(limited(None)), "promoted": err(limited(promote_every)),
-                     "fp32": err(scaled_matmul(qa, sa, qb, chunk_scales(sb, "block", n, k), backend="chunked"))})
+        results = {"limited": limited_precision_matmul(a_hat, b_hat, mantissa_bits, None, mma_k),
+                   "promoted": limited_precision_matmul(a_hat, b_hat, mantissa_bits, promote_every, mma_k),
+                   "fp32": scaled_matmul(qa, sa, qb, chunk_scales(sb, "block", n, k), backend="chunked")}
+        rows.append({"k": k, **{name: float((c.double() - exact).norm() / exact.norm())
+                                for name, c in results.items()}})
     return rows

@@ -16,18 +16,15 @@ Parts (select with --parts):
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from .config import get_preset
-from .fp8 import FORMATS, accumulation_error_vs_k, fake_quantize
-from .fp8_linear import FP8_SCOPES, apply_fp8_recipe
+from .config import FP8Recipe, check_choice, get_preset
+from .fp8 import FORMATS, fake_quantize
+from .fp8_linear import apply_fp8_recipe
 
 PARTS = ("quantization", "accumulation", "cost", "train", "acceptance")
 
@@ -99,8 +96,7 @@ def train_comparison(corpus, steps: int = 200, batch_size: int = 8, seq_len: int
     final_train: mean training loss (main + lambda * MTP) over the last 10% of steps;
     val_main / val_mtp1: validation losses at the end (fixed windows, nats per token).
     """
-    if recipe not in FP8_SCOPES[1:]:
-        raise ValueError(f"recipe must be one of {FP8_SCOPES[1:]}, got {recipe!r}")
+    check_choice("recipe", recipe, FP8Recipe)
     runs = {}
     for name, fp8 in (("base", "none"), ("fp8", recipe)):
         tr = _trainer(corpus, fp8, precision, steps, batch_size, seq_len, seed, device)
@@ -114,8 +110,9 @@ def train_comparison(corpus, steps: int = 200, batch_size: int = 8, seq_len: int
         runs[name] = {"final_train": sum(tail) / len(tail), "val_main": ev["main"], "val_mtp1": ev["depth"][0],
                       "seconds": time.perf_counter() - t0, "curve": losses}
         autocast = tr.autocast
-    rel = lambda key: abs(runs["fp8"][key] - runs["base"][key]) / runs["base"][key]
-    return {"runs": runs, "rel_diff": {k: rel(k) for k in ("final_train", "val_main", "val_mtp1")},
+    rel_diff = {k: abs(runs["fp8"][k] - runs["base"][k]) / runs["base"][k]
+                for k in ("final_train", "val_main", "val_mtp1")}
+    return {"runs": runs, "rel_diff": rel_diff,
             "steps": steps, "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "recipe": recipe,
             "baseline": "bf16" if autocast else "fp32"}
 
@@ -175,7 +172,7 @@ def acceptance_comparison(checkpoint: str | None = None, n_prompts: int = 16, pr
 
 # ----------------------------------------------------------------------------- command line
 
-def _markdown(results: dict) -> str:
+def markdown(results: dict) -> str:
     lines = []
     if "quantization" in results:
         big = [k[len("rel_error_"):] for k in results["quantization"][0] if k.startswith("rel_error_")][1:]
@@ -215,68 +212,6 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("fp8-bench", help="measure the FP8 recipe: quantization and accumulation "
-                              "error, step cost, loss difference, draft acceptance")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    p.add_argument("--steps", type=int, default=200, help="training steps per run for 'train' (default 200)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per step for 'cost' and 'train'")
-    p.add_argument("--seq-len", type=int, default=128, help="sequence length for 'cost' and 'train'")
-    p.add_argument("--cost-rounds", type=int, default=6, help="timed steps per variant for 'cost'")
-    p.add_argument("--recipe", default="all", choices=FP8_SCOPES[1:], help="FP8 scope for 'train'")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="baseline precision for 'train' (auto: bf16 only where the hardware has it natively)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--checkpoint", default=None, help="checkpoint folder for 'acceptance' (default: shipped)")
-    p.add_argument("--prompts", type=int, default=16, help="prompts for the generation acceptance")
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (1 on a shared CPU: idle threads spin and steal time)")
-    p.add_argument("--json", default=None, help="also write all results (loss curves included) to this file")
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    from .cli import check_output, set_threads
-
-    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        raise ValueError(f"unknown --parts {unknown or parts}; choose from {','.join(PARTS)}")
-    if min(args.steps, args.batch_size, args.seq_len, args.cost_rounds, args.prompts, args.new_tokens) <= 0:
-        raise ValueError("--steps, --batch-size, --seq-len, --cost-rounds, --prompts and --new-tokens must be > 0")
-    if args.json:
-        check_output(args.json, "--json", folder=False)
-    set_threads(args.threads)
-    results, corpus = {}, None
-    if {"cost", "train"} & set(parts):
-        from .data import build_corpus
-        corpus = build_corpus()
-    for part in PARTS:
-        if part not in parts:
-            continue
-        print(f"[fp8-bench] {part} ...", flush=True)
-        if part == "quantization":
-            results[part] = quantization_table(args.seed)
-        elif part == "accumulation":
-            results[part] = accumulation_error_vs_k(seed=args.seed)
-        elif part == "cost":
-            results[part] = step_cost(corpus, args.cost_rounds, args.batch_size, args.seq_len, args.seed)
-        elif part == "train":
-            results[part] = train_comparison(corpus, args.steps, args.batch_size, args.seq_len, args.seed,
-                                             args.recipe, args.precision)
-        else:
-            results[part] = acceptance_comparison(args.checkpoint, args.prompts, new_tokens=args.new_tokens)
-        print(_markdown({part: results[part]}), flush=True)
-        if args.json:                     # after every part, so a long run keeps what it measured
-            _write_json(Path(args.json), {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                          "args": vars(args) | {"func": None}, **results})
-    return 0
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+def write_json(path: Path, obj: dict) -> None:
+    from .data import atomic_write_json
+    atomic_write_json(path, obj, indent=1)

@@ -21,10 +21,9 @@ import copy
 import torch
 import torch.nn as nn
 
-from .config import FP8_CHOICES
-from .fp8 import BACKENDS, SCALE_MODES, chunk_scales, dequantize, quant_stats, quantize, scaled_matmul
+from .config import FP8Recipe, check_choice
+from .fp8 import Backend, ScaleMode, chunk_scales, dequantize, quant_stats, quantize, scaled_matmul
 
-FP8_SCOPES = FP8_CHOICES                # the values of ModelConfig.fp8
 BLOCK_LINEARS = ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "ffn.w1", "ffn.w2", "ffn.w3")
 
 
@@ -95,10 +94,9 @@ class FP8Linear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, block_size: int = 128,
-                 scale: str = "amax", backend: str = "dequant", device=None, dtype=None):
-        if backend not in BACKENDS or scale not in SCALE_MODES:
-            raise ValueError(f"FP8Linear backend must be one of {BACKENDS} and scale one of {SCALE_MODES}, "
-                             f"got backend={backend!r}, scale={scale!r}")
+                 scale: ScaleMode = "amax", backend: Backend = "dequant", device=None, dtype=None):
+        check_choice("FP8Linear backend", backend, Backend)
+        check_choice("FP8Linear scale", scale, ScaleMode)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.block_size, self.scale, self.backend = block_size, scale, backend
         self.record_stats = False
@@ -120,11 +118,9 @@ class FP8Linear(nn.Linear):
                f"backend={self.backend}"
 
 
-def _targets(model: nn.Module, scope: str, eh_proj_fp8: bool) -> list[str]:
+def _targets(model: nn.Module, scope: FP8Recipe, eh_proj_fp8: bool) -> list[str]:
     """Qualified names of the linears the recipe converts for `scope`."""
-    if scope not in FP8_SCOPES[1:]:
-        raise ValueError(f"unknown FP8 scope {scope!r}; choose one of {FP8_SCOPES[1:]} "
-                         f"(main blocks, MTP modules, or both)")
+    check_choice("FP8 scope", scope, FP8Recipe, " (main blocks, MTP modules, or both)")
     names = []
     if scope in ("main", "all"):
         names += [f"layers.{i}.{lin}" for i in range(len(model.layers)) for lin in BLOCK_LINEARS]
@@ -134,7 +130,7 @@ def _targets(model: nn.Module, scope: str, eh_proj_fp8: bool) -> list[str]:
     return names
 
 
-def apply_fp8_recipe(model: nn.Module, scope: str = "mtp", inplace: bool = True, eh_proj_fp8: bool = False,
+def apply_fp8_recipe(model: nn.Module, scope: FP8Recipe = "mtp", inplace: bool = True, eh_proj_fp8: bool = False,
                      **fp8_kwargs) -> nn.Module:
     """Swap the block linears of an MTPModel for FP8Linear, DeepSeek-V3 style.
 

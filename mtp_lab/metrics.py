@@ -5,7 +5,6 @@ Library code used by `mtp-lab train --export` and `mtp-lab distill`; it imports 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,7 @@ def write_metrics(directory: Path, corpus, batch_size: int, seq_len: int, step: 
     """Reload `directory` as load_pretrained does; write metrics.json: val/test losses, accuracies, agreement,
     and (with MTP modules) greedy first-draft acceptance on the test split."""
     from .checkpoint import UNDISTILLED_FILE, load_pretrained
-    from .data import atomic_write_bytes, eval_batches
+    from .data import atomic_write_json, eval_batches
     from .train import evaluate, format_eval
 
     model, _ = load_pretrained(directory)
@@ -61,7 +60,7 @@ def write_metrics(directory: Path, corpus, batch_size: int, seq_len: int, step: 
         metrics["undistilled"] = {
             "test": evaluate(before, eval_batches(corpus.splits["test"], TEST_EVAL_BATCHES, batch_size, seq_len)),
             "greedy_acceptance": greedy_acceptance(before, corpus.splits["test"])}
-    atomic_write_bytes(directory / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    atomic_write_json(directory / "metrics.json", metrics)
     for split in ("val", "test"):
         print(f"exported {directory}: " + format_eval(step, metrics[split], split), flush=True)
     for label, m in (("", metrics), (" before self-distillation", metrics.get("undistilled", {}))):

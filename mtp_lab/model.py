@@ -162,8 +162,11 @@ class MTPModel(nn.Module):
         """Empty KV caches for the main blocks and every MTP module."""
         cfg = self.config
         p = self.head.weight
-        make = lambda: KVCache(batch, cfg.n_heads, max_len or cfg.max_seq_len, cfg.head_dim,
-                               device=p.device, dtype=p.dtype)
+
+        def make() -> KVCache:
+            return KVCache(batch, cfg.n_heads, max_len or cfg.max_seq_len, cfg.head_dim, device=p.device,
+                           dtype=p.dtype)
+
         return ModelCache(main=[make() for _ in self.layers], mtp=[make() for _ in self.mtp])
 
     def parameter_counts(self) -> dict:
@@ -171,9 +174,22 @@ class MTPModel(nn.Module):
 
         `shared` (embedding + output head) is counted once, not per module.
         """
-        n = lambda mod: sum(p.numel() for p in mod.parameters())
+
+        def n(mod: nn.Module) -> int:
+            return sum(p.numel() for p in mod.parameters())
+
         shared = n(self.embed) + n(self.head)
         main = n(self.layers) + n(self.norm)
         per_module = [n(m) for m in self.mtp]
         return {"shared": shared, "main": main, "mtp": sum(per_module), "mtp_per_module": per_module,
                 "main_with_shared": main + shared, "total": shared + main + sum(per_module)}
+
+
+def is_mtp(name: str) -> bool:
+    """True for a parameter or state-dict name inside the MTP modules (MTPModel.mtp: "mtp.<k-1>.<...>")."""
+    return name.startswith("mtp.")
+
+
+def mtp_state(state: dict[str, torch.Tensor], copy: bool = False) -> dict[str, torch.Tensor]:
+    """The MTP modules' tensors of a state dict (detached copies with `copy`, e.g. to keep them past training)."""
+    return {k: v.detach().clone() if copy else v for k, v in state.items() if is_mtp(k)}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import check_int
+
 
 def check_sampling(temperature, top_k, top_p) -> None:
     """ValueError naming the first bad setting: temperature a finite number >= 0, top_k None or an int >= 1,
@@ -23,8 +25,8 @@ def check_sampling(temperature, top_k, top_p) -> None:
     t, k, p = temperature, top_k, top_p
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {k!r}")
+    if k is not None:
+        check_int("top_k", k, minimum=1, note=" (or None: no top-k)")
     if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {p!r}")
 

@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,10 +22,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import load_model, load_train_state, recover, save_checkpoint
-from .config import ModelConfig
+from .config import ModelConfig, check_choice
 from .data import Corpus, eval_batches, sample_batch
 from .loss import mtp_lambda, mtp_loss
 from .model import MTPModel
+
+Precision = Literal["auto", "bf16", "fp32"]     # bf16 autocast where the hardware has it natively, always, never
 
 
 @dataclass
@@ -39,12 +42,12 @@ class TrainConfig:
     weight_decay: float = 0.1         # AdamW decay, on matrices only (not norms)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0            # max global gradient norm (0 = no clipping)
-    lam: float | None = None          # MTP weight lambda; None = DeepSeek's schedule (0.3, then 0.1)
+    lam: float | None = None          # a constant MTP weight lambda; None = DeepSeek's schedule (0.3, then 0.1)
     eval_interval: int = 100          # evaluate every this many steps (and at the end)
     eval_batches: int = 4             # validation batches per evaluation (fixed windows)
     save_interval: int = 100          # checkpoint every this many steps (and at the end) when out is set
-    precision: str = "auto"           # "auto" (bf16 where supported), "bf16" or "fp32"
-    seed: int = 1337
+    precision: Precision = "auto"     # "auto" (bf16 where supported), "bf16" or "fp32"
+    seed: int = 1337                  # initial weights (the same on every rank) and every batch
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "eval_interval", "eval_batches", "save_interval"):
@@ -59,8 +62,7 @@ class TrainConfig:
             raise ValueError("TrainConfig.lr (the peak learning rate) must be > 0, got 0")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must lie in [0, 1), got {self.betas}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        check_choice("precision", self.precision, Precision)
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"lambda must be a finite number >= 0 (or None for the schedule), got {self.lam}")
         if not 0 <= self.seed < 2 ** 64:
@@ -181,8 +183,8 @@ class ProgressBar(Callback):
 
 
 def format_eval(step: int, result: dict, split: str = "val") -> str:
-    depth = " ".join(f"d{k}={l:.3f}/{a:.3f}/{g:.3f}" for k, (l, a, g) in
-                     enumerate(zip(result["depth"], result["acc"], result["agree"]), start=1))
+    depth = " ".join(f"d{k}={loss:.3f}/{a:.3f}/{g:.3f}" for k, (loss, a, g) in
+                     enumerate(zip(result["depth"], result["acc"], result["agree"], strict=True), start=1))
     return f"step {step}: {split} main={result['main']:.3f} acc={result['main_acc']:.3f} " \
            f"[depth loss/acc/agree] {depth}"
 

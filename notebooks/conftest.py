@@ -1,4 +1,10 @@
-"""nbval settings for the course notebooks: stderr (warnings carry kernel-specific /tmp paths) is never compared."""
+"""nbval settings for the course notebooks: stderr (warnings carry kernel-specific /tmp paths) is never compared,
+and the kernels (which inherit this environment) run exercise checks strictly: a solution cell whose answer is
+wrong raises (solution cells store no output, so nbval has nothing to compare them with)."""
+
+import os
+
+os.environ["MTP_LAB_STRICT_CHECKS"] = "1"
 
 
 def pytest_collectstart(collector):

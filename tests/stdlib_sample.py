@@ -1,12 +1,11 @@
-"""A small copy of real standard-library files, with files in every split, for fast data/training tests."""
+"""A small copy of real standard-library files, with files in every split, for fast data/training tests.
+
+Helpers only: the fixtures built on them (sample_root, corpus, one_thread) live in tests/conftest.py."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-
-import pytest
-import torch
 
 from mtp_lab.data import documents, list_files, split_files, split_of, stdlib_root, train_tokenizer
 
@@ -27,21 +26,6 @@ def make_sample_root(tmp: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def sample_root(tmp_path_factory):
-    """Module-scoped sample corpus folder (import this fixture into a test module to use it)."""
-    return make_sample_root(tmp_path_factory.mktemp("corpus"))
-
-
 def sample_tokenizer(root: Path, vocab_size: int):
     """A byte-level BPE trained on the sample's train split."""
     return train_tokenizer(documents(split_files(list_files(root))["train"], root), vocab_size=vocab_size)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and a shared machine does not stall them on thread sync."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
 from mtp_lab.bench import matmul_macs_per_token, merge, speedup_ceiling
 from mtp_lab.cli import main

@@ -34,7 +34,7 @@ def test_round_trip_weights_config_tokenizer(saved):
     path, model = saved
     loaded = load_model(path)
     assert loaded.config == model.config
-    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
     meta = json.loads((path / "config.json").read_text())
     assert meta["note"] == "test" and meta["weights_dtype"] == "float32"
@@ -215,7 +215,7 @@ def test_shipped_drafter_acceptance_floor_and_undistilled_variant():
 
     model, tokenizer = load_pretrained()
     before, _ = load_pretrained(mtp="undistilled")
-    for (name, a), b in zip(model.state_dict().items(), before.state_dict().values()):
+    for (name, a), b in zip(model.state_dict().items(), before.state_dict().values(), strict=True):
         assert torch.equal(a, b) != name.startswith("mtp."), name     # same main model, other MTP modules
     ids = heldout_ids(tokenizer).tolist()
     accepted = drafted = 0

@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from stdlib_sample import one_thread, sample_root  # noqa: F401  (fixtures)
 
 import mtp_lab.bench
 import mtp_lab.checkpoint

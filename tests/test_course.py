@@ -51,7 +51,8 @@ def _break_even(k, c, v):
 
 # name -> (a right answer, [(a wrong answer, a word the verdict must contain), ...])
 CASES = {
-    "target_index": (lambda i, k: i + k + 1, [(lambda i, k: i + k, "off by one"), (lambda i, k: i + 2 * k + 1, "expected")]),
+    "target_index": (lambda i, k: i + k + 1, [(lambda i, k: i + k, "off by one"),
+                                              (lambda i, k: i + 2 * k + 1, "expected")]),
     "mtp_share": (14 / 685, [(14 / 671, "685"), (2.04, "percentage"), (0.5, "not the MTP share")]),
     "greedy_next": (lambda z: z[:, -1].argmax(-1), [(lambda z: z[:, 0].argmax(-1), "FIRST"),
                                                      (lambda z: z[:, -1].softmax(-1).max(-1).values, "floats"),
@@ -93,13 +94,14 @@ CASES = {
     "residual": (lambda p, q: (p - q).clamp(min=0) / (p - q).clamp(min=0).sum(),
                  [(lambda p, q: (q - p).clamp(min=0) / (q - p).clamp(min=0).sum(), "TARGET"),
                   (lambda p, q: (p - q).clamp(min=0), "normalised"), (lambda p, q: p - q, "negative")]),
-    "greedy_accepted": (lambda d, t: next((i for i, (a, b) in enumerate(zip(d, t)) if a != b), len(d)),
-                        [(lambda d, t: sum(a == b for a, b in zip(d, t)), "all matches")]),
+    "greedy_accepted": (lambda d, t: next((i for i, (a, b) in enumerate(zip(d, t, strict=True)) if a != b), len(d)),
+                        [(lambda d, t: sum(a == b for a, b in zip(d, t, strict=True)), "all matches")]),
     "expected_tokens": (_tokens, [(lambda a, k: _tokens(a, k) - 1, "bonus"), (lambda a, k: k * a, "expected")]),
     "spec_metrics": (lambda acc, d, s: (acc / d, 1 + acc / s), [(lambda acc, d, s: (acc / s, 1 + acc / s), "DRAFTED"),
                                                                (lambda acc, d, s: (acc / d, acc / s), "tau")]),
-    "speedup": (lambda a, k, c, v: _tokens(a, k) / (k * c + v), [(lambda a, k, c, v: _tokens(a, k), "not free"),
-                                                                 (lambda a, k, c, v: _tokens(a, k) / (k * c + 1), "costs v")]),
+    "speedup": (lambda a, k, c, v: _tokens(a, k) / (k * c + v),
+                [(lambda a, k, c, v: _tokens(a, k), "not free"),
+                 (lambda a, k, c, v: _tokens(a, k) / (k * c + 1), "costs v")]),
     "break_even": (lambda k, c, v: _break_even(k, c, v), [(lambda k, c, v: c + v - 1, "break_even(3"),
                                                            (lambda k, c, v: max(0.0, c + v - 1), "expected")]),
     "mtp_layer_indices": (lambda L, n: list(range(L, L + n)), [(lambda L, n: list(range(L - 1, L - 1 + n)), "start at"),
@@ -149,6 +151,17 @@ def test_check_prints_verdict_and_unknown_name_raises(capsys):
     with pytest.raises(ValueError, match="unknown exercise"):
         evaluate("no_such_exercise", 1)
     assert math.isclose(_tokens(0.85, 1), 1.85)
+
+
+def test_strict_checks_raise_on_a_wrong_answer_only(capsys, monkeypatch):
+    monkeypatch.setenv("MTP_LAB_STRICT_CHECKS", "1")          # as in the notebook tests (notebooks/conftest.py)
+    check("expected_tokens", _tokens)                          # correct: prints, no error
+    check("expected_tokens", None)                             # the learner's untouched stub: not attempted
+    with pytest.raises(AssertionError, match="expected_tokens"):
+        check("expected_tokens", lambda alpha, k: alpha * k)   # wrong
+    monkeypatch.delenv("MTP_LAB_STRICT_CHECKS")
+    check("expected_tokens", lambda alpha, k: alpha * k)       # outside the tests a wrong answer only prints
+    assert capsys.readouterr().out.count("❌") == 2
 
 
 def test_notebooks_are_built_from_source_and_clean():

@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from stdlib_sample import sample_root, sample_tokenizer  # noqa: F401  (sample_root is a fixture)
+from stdlib_sample import sample_tokenizer
 
 from mtp_lab.data import (
     DEFAULT_TOKENIZER,

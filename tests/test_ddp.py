@@ -5,6 +5,7 @@ import os
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -43,6 +44,7 @@ def _worker(rank: int, world: int, port: int, root: str, tok_path: str, out: str
     dist.destroy_process_group()
 
 
+@pytest.mark.slow        # 6 s: two processes import torch and train
 def test_two_process_ddp_keeps_ranks_identical_and_learns(tmp_path):
     root = make_sample_root(tmp_path)
     tok_path = tmp_path / "tok.json"

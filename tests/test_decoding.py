@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
 from mtp_lab import (
     GenerationResult,
@@ -157,7 +156,7 @@ def test_caches_after_rollback_equal_fresh_forward(trained, k, temperature):
         for j, m in enumerate(lengths, start=1):
             assert m <= len(tokens) - 1 - j      # module j only holds positions whose t_{i+j} is committed
         ref = fresh_caches(trained, tokens, lengths)
-        for got, want in zip(cache.main + cache.mtp, ref.main + ref.mtp):
+        for got, want in zip(cache.main + cache.mtp, ref.main + ref.mtp, strict=True):
             assert got.length == want.length
             torch.testing.assert_close(got.k[:, :, :got.length], want.k[:, :, :want.length])
             torch.testing.assert_close(got.v[:, :, :got.length], want.v[:, :, :want.length])

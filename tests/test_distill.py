@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from stdlib_sample import one_thread, sample_root, sample_tokenizer  # noqa: F401  (fixtures)
 
 from mtp_lab import CheckpointError, generate, get_preset, load_model, load_pretrained
 from mtp_lab.cli import main as cli_main
-from mtp_lab.data import build_corpus, eval_batches
+from mtp_lab.data import eval_batches
 from mtp_lab.distill import DistillConfig, distill, distill_losses, greedy_continuations
 from mtp_lab.model import MTPModel
 from mtp_lab.train import TrainConfig, Trainer, evaluate
@@ -17,11 +16,6 @@ from mtp_lab.train import TrainConfig, Trainer, evaluate
 VOCAB = 320
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def corpus(sample_root):
-    return build_corpus(sample_tokenizer(sample_root, VOCAB), root=sample_root, use_cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def test_greedy_continuations_equal_generate():
     prompts = torch.randint(0, 64, (5, 7))
     out = greedy_continuations(model, prompts, total_len=30, batch=2)        # batches of 2, 2 and 1
     assert out.shape == (5, 30) and torch.equal(out[:, :7], prompts)
-    for row, prompt in zip(out, prompts):
+    for row, prompt in zip(out, prompts, strict=True):
         assert row[7:].tolist() == generate(model, prompt.tolist(), 23).tokens
     with pytest.raises(ValueError, match="max_seq_len"):
         greedy_continuations(model, prompts, total_len=65)
@@ -90,12 +84,13 @@ def test_distill_trains_only_the_mtp_modules_and_raises_agreement(corpus, traine
     kl1 = kl_to_main(model, fixed)
     assert kl1 < 0.5 * kl0, (kl0, kl1)
     agree1 = evaluate(model, val)["agree"]
-    assert all(a1 > a0 for a0, a1 in zip(agree0, agree1)), (agree0, agree1)
+    assert all(a1 > a0 for a0, a1 in zip(agree0, agree1, strict=True)), (agree0, agree1)
 
 
 def test_distill_errors(corpus):
     with pytest.raises(ValueError, match="no MTP modules"):
-        distill(MTPModel(get_preset("tiny", vocab_size=VOCAB, mtp_depth=0)), corpus, DistillConfig(seq_len=32, prompt_len=8))
+        distill(MTPModel(get_preset("tiny", vocab_size=VOCAB, mtp_depth=0)), corpus,
+                DistillConfig(seq_len=32, prompt_len=8))
     with pytest.raises(ValueError, match="steps must be > 0"):
         DistillConfig(steps=0)
     with pytest.raises(ValueError, match="prompt_len"):
@@ -104,6 +99,7 @@ def test_distill_errors(corpus):
         distill(MTPModel(get_preset("tiny", vocab_size=VOCAB)), corpus, DistillConfig(seq_len=128))
 
 
+@pytest.mark.slow        # 6 s: trains, distills twice, exports
 def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
     out, export = tmp_path / "run", tmp_path / "export"
     common = ["train", "--preset", "tiny", "--root", str(sample_root), "--tokenizer", str(tmp_path / "tok.json"),
@@ -116,7 +112,7 @@ def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
     assert cli_main(common + ["--distill-steps", "3", "--export", str(export), "--export-dtype", "float32"]) == 0
     trained, distilled = load_model(out), load_model(export)
-    for (name, a), b in zip(trained.state_dict().items(), distilled.state_dict().values()):
+    for (name, a), b in zip(trained.state_dict().items(), distilled.state_dict().values(), strict=True):
         assert torch.equal(a, b) != name.startswith("mtp."), name              # only the MTP modules moved
     meta = json.loads((export / "config.json").read_text())
     assert meta["distill_config"]["steps"] == 3 and meta["distill_seconds"] >= 0
@@ -124,7 +120,7 @@ def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
     assert "greedy_acceptance" in metrics and "greedy_acceptance" in metrics["undistilled"]
     # the undistilled MTP modules are kept: with them the export is the trained model again
     before, _ = load_pretrained(export, mtp="undistilled")
-    for (name, a), b in zip(trained.state_dict().items(), before.state_dict().values()):
+    for (name, a), b in zip(trained.state_dict().items(), before.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     with pytest.raises(CheckpointError, match="distill-steps"):
         load_pretrained(out, mtp="undistilled")

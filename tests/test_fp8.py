@@ -135,7 +135,7 @@ def test_pow2_scale_is_the_next_power_of_two_up():
     """ue8m0: s = 2^ceil(log2(amax / 448)), the SMALLEST power of two with amax / s <= 448 (rounding down
     would saturate the group's largest values). Reference from math.frexp, not from log2."""
     amax = torch.tensor([448 * 2.0 ** e * m for e in (-20, -3, 0, 5) for m in (1.0, 1.1, 1.5, 1.99)])
-    for a, got in zip(amax.tolist(), compute_scale(amax, "e4m3", "pow2").tolist()):
+    for a, got in zip(amax.tolist(), compute_scale(amax, "e4m3", "pow2").tolist(), strict=True):
         frac, e = math.frexp(a / 448)                     # a / 448 = frac 2^e, 0.5 <= frac < 1
         want = 2.0 ** (e - 1) if frac == 0.5 else 2.0 ** e
         assert got == want and 224 < a / got <= 448
@@ -189,7 +189,7 @@ def test_scaled_mm_backend_matches_simulation_on_cpu():
     for backend in ("scaled_mm", "dequant"):
         y = FP8Linear.from_linear(lin, backend=backend)(x)
         grads.append((y, *torch.autograd.grad(y.sum(), (x, lin.weight))))
-    assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-5) for u, v in zip(*grads))
+    assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-5) for u, v in zip(*grads, strict=True))
     with pytest.raises(ValueError, match="backend"):
         FP8Linear(8, 8, backend="cuda")
 
@@ -288,13 +288,19 @@ def test_fp8_linear_all_three_gemms():
     y_ref = fq(X, "tile").double() @ fq(W, "block").double().t() + lin.bias.detach().double()
     dx_ref = fq(DY, "tile").double() @ fq(W, "block").double()
     dw_ref = fq(DY.t(), "tile").double() @ fq(fq(X, "tile").t(), "tile").double().t()
-    close = lambda u, v: torch.allclose(u.double().reshape(v.shape), v, rtol=1e-4, atol=1e-4)
+
+    def close(u, v):
+        return torch.allclose(u.double().reshape(v.shape), v, rtol=1e-4, atol=1e-4)
+
     assert close(y, y_ref) and close(dx, dx_ref) and close(dw, dw_ref)
     assert torch.allclose(db, DY.sum(0))
     # and all three stay within E4M3's tolerance of the fp32 layer
     y32 = F.linear(x, lin.weight, lin.bias)
     dx32, dw32 = torch.autograd.grad(y32, (x, lin.weight), dy)
-    rel = lambda u, v: float((u - v).detach().norm() / v.detach().norm())
+
+    def rel(u, v):
+        return float((u - v).detach().norm() / v.detach().norm())
+
     tol = FORMATS["e4m3"].rel_error_bound                            # 2^-4: E4M3's worst per-element error
     assert rel(y, y32) < tol and rel(dx, dx32) < tol and rel(dw, dw32) < tol
     assert y.dtype == torch.float32 and torch.equal(fp8.weight, lin.weight)   # master weights stay FP32
@@ -361,7 +367,7 @@ def test_recipe_copy_forward_and_errors():
     with torch.no_grad():
         ref, out = model(tokens), drafter(tokens)
     assert torch.equal(out.logits, ref.logits)                       # main model untouched
-    for a, b in zip(out.mtp_logits, ref.mtp_logits):
+    for a, b in zip(out.mtp_logits, ref.mtp_logits, strict=True):
         assert not torch.equal(a, b) and float((a - b).norm() / b.norm()) < 0.05
     apply_fp8_recipe(drafter, "main")
     assert drafter.config.fp8 == "all"

@@ -1,6 +1,7 @@
 """The package's imports run one way: no module of mtp_lab imports (at top level or inside a function) a module
-that imports it back, directly or through others. The package root (mtp_lab/__init__.py), a facade that imports
-the public names of everything, is left out of the graph."""
+that imports it back, directly or through others, and no module imports one of a higher layer (LAYERS; the
+diagram in CONTRIBUTING.md). The package root (mtp_lab/__init__.py), a facade that imports the public names of
+everything, is left out of the graph."""
 
 import ast
 from pathlib import Path
@@ -8,6 +9,22 @@ from pathlib import Path
 import mtp_lab
 
 ROOT = Path(mtp_lab.__file__).parent
+
+# bottom to top; a module may import modules of its own layer or below. "viz" stands for every mtp_lab.viz module,
+# "commands" for every mtp_lab.commands module. A new module fails test_every_import_goes_down until placed here.
+LAYERS = [
+    {"config", "exercises"},                       # the config dataclass and its checks; the exercise framework
+    {"layers", "fp8", "sampling", "data"},         # RMSNorm/attention/SwiGLU; FP8 formats; sampling; corpus, files
+    {"fp8_linear"},                                # the FP8 linear layer and recipe
+    {"model"},                                     # main model + MTP modules
+    {"loss", "checkpoint", "drafters"},            # the MTP loss; safetensors checkpoints; drafters
+    {"decoding"},                                  # generation and speculative decoding
+    {"train", "distill", "proportion", "bench"},   # training, drafter distillation, the cost model, benchmarks
+    {"metrics", "fp8_bench"},                      # export + metrics of a run; the FP8 benchmark
+    {"viz"},                                       # widgets and figures
+    {"course_checks", "course"},                   # the notebooks' helpers and exercise checks
+    {"commands", "cli"},                           # the command line, above everything
+]
 
 
 def module_name(path: Path) -> str:
@@ -67,3 +84,19 @@ def test_no_import_cycle_in_the_package():
 def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def layer_of(module: str) -> int:
+    short = module.removeprefix("mtp_lab.")
+    group = short.split(".")[0] if short.startswith(("viz", "commands")) else short
+    found = [i for i, names in enumerate(LAYERS) if group in names]
+    assert found, f"{module} is in no layer: add it to LAYERS in tests/test_layering.py (and CONTRIBUTING.md)"
+    return found[0]
+
+
+def test_every_import_goes_down():
+    graph = import_graph()
+    upward = [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})"
+              for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a)]
+    assert not upward, "\n".join(upward)
+    assert layer_of("mtp_lab.commands.train") > layer_of("mtp_lab.train") > layer_of("mtp_lab.model")

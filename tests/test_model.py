@@ -16,7 +16,7 @@ def make_model(seed=0, **overrides):
     model = MTPModel(get_preset("tiny", **overrides)).eval()
     # random gains so that a norm applied at the wrong place changes the numbers
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.uniform_(0.5, 1.5)
     return model
@@ -230,11 +230,11 @@ def test_loss_equals_hand_reference():
     total, main, depth = reference_loss(out, y, 0.3)
     torch.testing.assert_close(parts.total, total)
     torch.testing.assert_close(parts.main, main)
-    for a, b in zip(parts.depth, depth):
+    for a, b in zip(parts.depth, depth, strict=True):
         torch.testing.assert_close(a, b)
     mean = mtp_loss(out, y, lam=0.3, normalize="mean")
     T = y.shape[1]
-    for k, (a, b) in enumerate(zip(mean.depth, depth), start=1):
+    for k, (a, b) in enumerate(zip(mean.depth, depth, strict=True), start=1):
         torch.testing.assert_close(a, b * T / (T - k))
 
 

@@ -5,8 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
+import pytest
 import yaml
+
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # Python 3.10 (requires-python >= 3.10): tomli is the same parser
+    tomllib = pytest.importorskip("tomli", reason="Python 3.10 reads pyproject.toml with tomli (pip install tomli)")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +27,10 @@ def pyproject_deps():
 def test_environment_yml_matches_pyproject():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_deps = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    norm = lambda ds: sorted(re.sub(r"\s+", "", d).lower() for d in ds)
+
+    def norm(ds):
+        return sorted(re.sub(r"\s+", "", d).lower() for d in ds)
+
     assert norm(pip_deps) == norm(pyproject_deps())
 
 
@@ -31,6 +39,7 @@ def test_torch_is_pinned_to_the_cpu_wheel_version():
     assert torch_specs == ["torch==2.13.0"], torch_specs
 
 
+@pytest.mark.slow        # 4 s: two subprocesses import torch
 def test_cli_info_runs():
     r = subprocess.run([sys.executable, "-m", "mtp_lab.cli", "info", "--preset", "tiny"],
                        capture_output=True, text=True, cwd=ROOT)

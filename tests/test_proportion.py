@@ -4,7 +4,6 @@ speed-up lab view."""
 import math
 
 import pytest
-from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
 from mtp_lab.bench import build_drafters, repeated_bench, run_bench
 from mtp_lab.config import get_preset

@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-from stdlib_sample import one_thread  # noqa: F401  (fixture)
 
 from mtp_lab import (
     ModelConfig,
@@ -101,6 +100,7 @@ def run_engine(model, params, num_draft, drafter, runs, tokens_per_run):
     return seqs, events
 
 
+@pytest.mark.slow                                      # 17 s on 2 cores: >= 20k samples per case
 @pytest.mark.parametrize("depth,num_draft,drafter,params,runs,min_tv", [
     # >= 20k samples: a chained random-table drafter, with truncated p and q
     (1, 3, "table", SamplingParams(temperature=0.9, top_k=5, top_p=0.95), 21, 0.4),

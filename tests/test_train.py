@@ -7,11 +7,10 @@ import sys
 
 import pytest
 import torch
-from stdlib_sample import one_thread, sample_root, sample_tokenizer  # noqa: F401  (fixtures)
 
 from mtp_lab import get_preset
 from mtp_lab.cli import main as cli_main
-from mtp_lab.data import build_corpus, save_tokenizer
+from mtp_lab.data import save_tokenizer
 from mtp_lab.loss import mtp_lambda
 from mtp_lab.model import MTPModel
 from mtp_lab.train import Callback, History, TrainConfig, Trainer, evaluate, lr_at
@@ -20,11 +19,6 @@ VOCAB = 320
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def corpus(sample_root):
-    return build_corpus(sample_tokenizer(sample_root, VOCAB), root=sample_root, use_cache=False)
 
 
 def tiny_cfg(**kw):
@@ -53,7 +47,7 @@ def test_training_lowers_loss_and_reports_everything(corpus):
     evals = trainer.fit()
     after = evals[-1][1]
     assert after["main"] < before["main"] - 0.5
-    assert all(a < b for a, b in zip(after["depth"], before["depth"]))
+    assert all(a < b for a, b in zip(after["depth"], before["depth"], strict=True))
     losses = [r.loss for r in history.steps]
     assert sum(losses[-5:]) < sum(losses[:5]) - 2.5
     # callbacks see every step with the schedule's lr and lambda, and every evaluation
@@ -185,6 +179,7 @@ Trainer(get_preset("tiny", vocab_size=corpus.vocab_size), TrainConfig(**cfg), co
 """
 
 
+@pytest.mark.slow                                    # 2.5 s per case: a subprocess is killed mid-save
 @pytest.mark.parametrize("k", [1, 5, 7, 10])          # staging half written, committed, half moved, all moved
 def test_killed_save_resumes_bit_identical(corpus, sample_root, tmp_path, k):
     cfg = dict(steps=4, batch_size=4, seq_len=32, lr=3e-3, min_lr=3e-4, warmup=2, eval_interval=4, eval_batches=1,
@@ -201,7 +196,7 @@ def test_killed_save_resumes_bit_identical(corpus, sample_root, tmp_path, k):
     assert resumed.step == (1 if k < 5 else 2)          # the old checkpoint until the commit, then the new one
     assert not (out / ".staging").exists()
     resumed.fit()
-    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -262,7 +262,10 @@ def test_layer_scales_shapes_and_values(model):
 
 def test_fp8_explorer_controls(model, tok):
     d = fp8_explorer(model, tok, prompt="abcdef", ks=(128, 256), interactive=True)
-    f = lambda key: d.fig.data[d.trace[key]]
+
+    def f(key):
+        return d.fig.data[d.trace[key]]
+
     assert len(f("line_e4m3").x) == 126
     d.value.value = 1000.0
     d.flush()
@@ -334,7 +337,8 @@ def test_speculative_dashboard_step_play_reset(model, tok):
     d.flush()
     st = d.state
     assert st.stats.main_forwards == 2 and len(st.last_rows) == 2
-    assert list(d.fig.data[0].y) == [r["q"] for r in st.last_rows]
+    # greedy: q and p are one-hot (they read 1.000/1.000); the panel shows the target's top candidates instead
+    assert list(d.fig.data[0].y) == [] and list(d.fig.data[4].x) == st.top["labels"]
     assert "2 main forwards" in d.status.value and "<span" in d.text.value
     d.speed.value = 30.0
     d.play()
@@ -427,3 +431,18 @@ def test_lone_surrogate_prompt_is_a_status_line(bpe, make):
     d = make(*bpe, prompt="x = 1", interactive=True)
     d.prompt.value = "x = \ud800"                          # a text box can hold it; UTF-8 cannot
     assert "lone surrogate" in d.status.value and "position 4" in d.status.value
+
+
+def test_every_colour_comes_from_the_palette():
+    """mtp_lab/viz/palette.py is the only place a colour is written: hex, rgb()/rgba() or a CSS colour name."""
+    import re
+    from pathlib import Path
+
+    import mtp_lab.viz as viz_pkg
+
+    literal = re.compile(r"""['"]#[0-9a-fA-F]{3,8}['"]|rgba?\(\d|color\s*[=:]\s*['"]?(red|green|blue|grey|gray|"""
+                         r"""black|orange|purple|white)\b""")
+    found = [f"{path.name}:{i}: {line.strip()}" for path in sorted(Path(viz_pkg.__file__).parent.glob("*.py"))
+             if path.name != "palette.py"
+             for i, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
+    assert not found, "colour literals outside mtp_lab/viz/palette.py:\n" + "\n".join(found)

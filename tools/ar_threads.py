@@ -25,4 +25,5 @@ with torch.inference_mode():
             stats = [generate(model, p, 128).stats for p in prompts]
             ms[threads].append(1e3 * sum(s.wall_time_s for s in stats) / sum(s.main_forwards for s in stats))
 for threads, runs in ms.items():
-    print(f"{threads} thread(s): AR {statistics.median(runs):.2f} ms/token (runs {', '.join(f'{x:.2f}' for x in runs)})")
+    listed = ", ".join(f"{x:.2f}" for x in runs)
+    print(f"{threads} thread(s): AR {statistics.median(runs):.2f} ms/token (runs {listed})")

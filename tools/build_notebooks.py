@@ -1,18 +1,30 @@
-"""Build the course notebooks (notebooks/*.ipynb) from their Python sources (notebooks/src/*.py).
+"""Build the course notebooks (notebooks/*.ipynb) from their sources (notebooks/src/*.py), with jupytext.
 
-Source format (the "percent" format of jupytext, parsed here so no extra dependency is needed):
+The sources are jupytext's "percent" format; cell options are jupytext's own metadata syntax:
 
-    # %% [markdown]          a markdown cell; every line starts with "# " (or is a bare "#")
-    # %%                     a code cell
-    # %% [solution]          a code cell whose source is collapsed in JupyterLab (exercise solutions)
+    # %% [markdown]                                           a markdown cell (every line starts with "# ")
+    # %%                                                      a code cell: run, its output not stored
+    # %% tags=["nbval-check-output"]                          a code cell whose output is stored; nbval compares it
+    # %% tags=["solution"] jupyter={"source_hidden": true}   an exercise solution: collapsed, no stored output
 
-Building executes every notebook with nbclient (the working tree's mtp_lab, cwd notebooks/), then
-stores it CLEAN: outputs are kept only for cells marked `# NBVAL_CHECK_OUTPUT` (the numbers nbval
-compares), no execution counts, no widget state.
+`make notebooks` (this script) executes every notebook with nbclient (the working tree's mtp_lab, cwd notebooks/)
+and stores it CLEAN: outputs only for nbval-check-output cells, no execution counts of other cells, no widget
+state. It also
+- puts a first line in every notebook that names its source (an edit made in JupyterLab is lost at a rebuild);
+- puts the set-up guard (SETUP_GUARD) at the top of the first code cell: a kernel without mtp_lab (a fresh Colab)
+  gets the exact steps that install it, instead of an ImportError;
+- gives every cell slide metadata for the presentation mode (jupyterlab-rise): a markdown cell that starts with
+  a heading opens a new slide, everything else continues it (a source can set its own `slideshow`);
+- checks the prose against the output: a number the markdown quotes from an output is written `{{0.83}}` in the
+  source; it is rendered as plain `0.83`, listed in the cell's metadata ("quotes"), and must appear in the
+  stored output of a nbval-check-output cell of the notebook. nbval then compares those outputs with a fresh run
+  on every `make test`, so the sentence cannot silently go stale when the model changes;
+- fails if a solution cell's check did not print a correct verdict (✅).
 
-    python tools/build_notebooks.py            # build all, print the run time of each
+    python tools/build_notebooks.py            # build all, print the run time of each  (make notebooks)
     python tools/build_notebooks.py 02 03      # build the notebooks whose names start with 02, 03
-    python tools/build_notebooks.py --check    # fast: stored notebooks == sources, and clean (no kernel)
+    python tools/build_notebooks.py --check    # fast: stored notebooks == sources, clean, quotes present
+                                               # (make check-notebooks; no kernel)
 """
 
 from __future__ import annotations
@@ -25,89 +37,120 @@ import tempfile
 import time
 from pathlib import Path
 
+import jupytext
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 SRC_DIR = NB_DIR / "src"
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
-HEADER = re.compile(r"^# %%(?: \[(markdown|solution)\])?\s*$")
+CHECK, SOLUTION = "nbval-check-output", "solution"
+QUOTE = re.compile(r"\{\{(.+?)\}\}")
+KEPT_CELL_METADATA = ("jupyter", "tags", "slideshow", "quotes")
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+SOURCE_NOTE = ("<small>Built from `notebooks/src/{name}.py`: edit that file, then run `make notebooks` "
+               "(a change made here is lost at the next build).</small>")
+SETUP_GUARD = '''\
+import importlib.util, sys  # set-up: is mtp_lab installed in this kernel? (a fresh Colab: not yet)
+if importlib.util.find_spec("mtp_lab") is None:
+    raise ModuleNotFoundError("mtp_lab is not installed in this kernel. " + (
+        "On Colab: 1. on your computer, zip the mtp-lab folder (the one with pyproject.toml); 2. Files panel "
+        "(folder icon, left) > Upload mtp-lab.zip; 3. run `!unzip -q mtp-lab.zip -d /content` and "
+        "`%pip install -q --no-deps -e /content/mtp-lab anywidget` (Colab's own torch is used); "
+        "4. Runtime > Restart session, and run this cell again."
+        if "google.colab" in sys.modules else
+        "In the mtp-lab folder run `make course`: it installs everything in .venv and opens the course with it."))
+'''
 
 
-def parse(path: Path) -> list[nbformat.NotebookNode]:
-    """Cells of one source file, in order."""
-    cells, kind, lines = [], None, []
-
-    def flush():
-        text = "\n".join(lines).strip("\n")
-        if kind is None:
-            if text.strip():
-                raise ValueError(f"{path}: text before the first '# %%' cell marker")
-            return
-        if not text.strip():
-            raise ValueError(f"{path}: empty cell ({len(cells)})")
-        if kind == "markdown":
-            bad = [ln for ln in lines if ln and not (ln == "#" or ln.startswith("# "))]
-            if bad:
-                raise ValueError(f"{path}: markdown line without '# ' prefix: {bad[0]!r}")
-            md = "\n".join(ln[2:] for ln in lines).strip("\n")
-            cells.append(nbformat.v4.new_markdown_cell(md))
-        else:
-            cell = nbformat.v4.new_code_cell(text)
-            if kind == "solution":
-                cell.metadata = {"jupyter": {"source_hidden": True}, "tags": ["solution"]}
-            cells.append(cell)
-
-    for line in path.read_text().splitlines():
-        m = HEADER.match(line)
-        if m:
-            flush()
-            kind, lines = (m.group(1) or "code"), []
-        elif line.startswith("# %%"):
-            raise ValueError(f"{path}: unknown cell marker {line!r}")
-        else:
-            lines.append(line)
-    flush()
-    return cells
+class BuildError(RuntimeError):
+    """A notebook that cannot be built or stored as it is."""
 
 
 def from_source(path: Path) -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = parse(path)
+    """The notebook of one source, unexecuted: cells with their metadata, quotes rendered, guard and note added."""
+    nb = jupytext.read(path, fmt="py:percent")
+    if not nb.cells or nb.cells[0].cell_type != "markdown":
+        raise BuildError(f"{path}: the first cell must be markdown (title, goals, time)")
+    first_code = next((c for c in nb.cells if c.cell_type == "code"), None)
+    if first_code is None:
+        raise BuildError(f"{path}: no code cell")
+    first_code.source = SETUP_GUARD + first_code.source
+    nb.cells[0].source = SOURCE_NOTE.format(name=path.stem) + "\n\n" + nb.cells[0].source
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:02d}"   # stable ids: rebuilding does not churn the diff
+        meta = {k: v for k, v in cell.metadata.items() if k in KEPT_CELL_METADATA}
+        if not cell.source.strip():
+            raise BuildError(f"{path}: empty cell ({i})")
+        tags = meta.get("tags", [])
+        if cell.cell_type == "markdown":
+            quotes = QUOTE.findall(cell.source)
+            if quotes:
+                meta["quotes"] = quotes
+                cell.source = QUOTE.sub(r"\1", cell.source)
+        elif SOLUTION in tags and CHECK in tags:
+            raise BuildError(f"{path} cell {i}: a solution cell stores no output; drop its {CHECK} tag")
+        meta.setdefault("slideshow", {"slide_type": "slide" if cell.cell_type == "markdown"
+                                      and cell.source.lstrip().startswith("#") else "-"})
+        cell.metadata = meta
+    nb.cells[0].metadata["slideshow"] = {"slide_type": "slide"}
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
     return nb
 
 
+def output_text(cell) -> str:
+    """Everything a code cell's outputs show as text: streams, and the plain and HTML forms of results."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts += [out.data[m] for m in ("text/plain", "text/html", "text/markdown") if m in out.get("data", {})]
+    return "\n".join(parts)
+
+
+def quote_problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
+    """Quotes of the markdown that no nbval-check-output cell's output contains."""
+    shown = "\n".join(output_text(c) for c in nb.cells
+                      if c.cell_type == "code" and CHECK in c.metadata.get("tags", []))
+    return [f"{name} {c.id}: the text quotes {q!r}, which no {CHECK} cell's output shows (any more): "
+            f"reword the text or print it" for c in nb.cells if c.cell_type == "markdown"
+            for q in c.metadata.get("quotes", []) if q not in shown]
+
+
 def clean(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
-    """Drop every output except those of NBVAL_CHECK_OUTPUT cells, and run metadata.
+    """Check an executed notebook and keep only the outputs of nbval-check-output cells (no run metadata).
 
     Checked cells keep their execution count (deterministic: the cell's place in the run): nbval
     refuses a stored output whose cell has no count ("Unrun reference cell has outputs").
     """
+    problems = quote_problems(nb, name)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.metadata = {k: v for k, v in cell.metadata.items() if k in ("jupyter", "tags")}
-        if CHECK_MARK not in cell.source:
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEPT_CELL_METADATA}
+        tags = cell.metadata.get("tags", [])
+        text = output_text(cell)
+        errors = [out for out in cell.outputs if out.output_type == "error"]
+        if errors:
+            problems.append(f"{name} {cell.id}: raised {errors[0].ename}: {errors[0].evalue}")
+        if SOLUTION in tags and ("✅" not in text or "❌" in text):
+            problems.append(f"{name} {cell.id}: a solution cell whose check is not correct:\n{text}")
+        if CHECK not in tags:
             cell.outputs, cell.execution_count = [], None
             continue
         for out in cell.outputs:
             if out.output_type == "stream" and out.name == "stderr":
-                raise RuntimeError(f"{name} {cell.id}: a checked cell wrote to stderr:\n{out.text}")
-            if out.output_type == "error":
-                raise RuntimeError(f"{name} {cell.id}: a checked cell raised {out.ename}")
+                problems.append(f"{name} {cell.id}: a checked cell wrote to stderr:\n{out.text}")
             if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
-                raise RuntimeError(f"{name} {cell.id}: a checked cell displays a widget; mark it NBVAL_IGNORE_OUTPUT")
+                problems.append(f"{name} {cell.id}: a checked cell displays a widget; drop its {CHECK} tag")
             if "metadata" in out:
                 out.metadata = {}
         if not cell.outputs:
-            raise RuntimeError(f"{name} {cell.id}: a NBVAL_CHECK_OUTPUT cell printed nothing")
+            problems.append(f"{name} {cell.id}: a {CHECK} cell printed nothing")
         cell.outputs = coalesce_streams(cell.outputs)
-    nb.metadata = {k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")}
-    nb.metadata["language_info"] = {"name": "python"}
+    if problems:
+        raise BuildError("\n".join(problems))
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
     return nb
 
 
@@ -127,9 +170,13 @@ def coalesce_streams(outputs: list) -> list:
 def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
     nbformat.validate(nb)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
-    with os.fdopen(fd, "w") as f:
-        nbformat.write(nb, f)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            nbformat.write(nb, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def build(src: Path, timeout: int, threads: int | None = None) -> float:
@@ -140,7 +187,7 @@ def build(src: Path, timeout: int, threads: int | None = None) -> float:
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if threads is not None:   # the kernel inherits it: torch reads OMP_NUM_THREADS at import
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(NB_DIR)}})
     start = time.perf_counter()
     client.execute()
@@ -150,25 +197,26 @@ def build(src: Path, timeout: int, threads: int | None = None) -> float:
 
 
 def check_stored(src: Path) -> list[str]:
-    """Problems with the stored notebook for `src` (empty list = in sync and clean)."""
+    """Problems with the stored notebook for `src` (empty list = in sync, clean, and its quotes shown)."""
     path = NB_DIR / f"{src.stem}.ipynb"
     if not path.exists():
-        return [f"{path.name} is missing: run tools/build_notebooks.py {src.stem[:2]}"]
+        return [f"{path.name} is missing: run `make notebooks` (or tools/build_notebooks.py {src.stem[:2]})"]
     stored, fresh = nbformat.read(path, as_version=4), from_source(src)
     problems = []
     if set(stored.metadata) - {"kernelspec", "language_info"}:
         problems.append(f"{path.name}: extra notebook metadata {sorted(set(stored.metadata))} (widget state?)")
     if [(c.cell_type, c.source, c.get("metadata", {})) for c in stored.cells] != \
             [(c.cell_type, c.source, c.get("metadata", {})) for c in fresh.cells]:
-        problems.append(f"{path.name} differs from {src.relative_to(ROOT)}: rebuild it")
+        problems.append(f"{path.name} differs from {src.relative_to(ROOT)}: rebuild it (make notebooks)")
     for cell in stored.cells:
         if cell.cell_type != "code":
             continue
-        if CHECK_MARK in cell.source and not cell.outputs:
+        checked = CHECK in cell.metadata.get("tags", [])
+        if checked and not cell.outputs:
             problems.append(f"{path.name} {cell.id}: checked cell without stored output")
-        if CHECK_MARK not in cell.source and (cell.outputs or cell.execution_count is not None):
-            problems.append(f"{path.name} {cell.id}: stale output in an unchecked cell")
-    return problems
+        if not checked and (cell.outputs or cell.execution_count is not None):
+            problems.append(f"{path.name} {cell.id}: stored output in a cell that is not {CHECK} (a solution?)")
+    return problems + quote_problems(stored, path.name)
 
 
 def main(argv=None) -> int:
@@ -185,19 +233,24 @@ def main(argv=None) -> int:
         return 1
     if args.check:
         stored = {p.stem for p in NB_DIR.glob("*.ipynb")}
-        problems = [f"{name}.ipynb has no source in notebooks/src" for name in sorted(stored - {p.stem for p in sources})
-                    if not args.only]
+        orphans = sorted(stored - {p.stem for p in sources}) if not args.only else []
+        problems = [f"{name}.ipynb has no source in notebooks/src" for name in orphans]
         for src in sources:
             problems += check_stored(src)
-        print("\n".join(problems) or f"{len(sources)} notebooks in sync with their sources and clean")
+        print("\n".join(problems) or f"{len(sources)} notebooks in sync with their sources, clean, quotes shown")
         return 1 if problems else 0
-    total = 0.0
+    total, failed = 0.0, []
     for src in sources:
-        seconds = build(src, args.timeout, args.threads)
+        try:
+            seconds = build(src, args.timeout, args.threads)
+        except BuildError as e:
+            print(f"{src.stem}: NOT stored:\n{e}", file=sys.stderr)
+            failed.append(src.stem)
+            continue
         total += seconds
-        print(f"{src.stem:32s} {seconds:6.1f} s")
+        print(f"{src.stem:32s} {seconds:6.1f} s", flush=True)
     print(f"{'total':32s} {total:6.1f} s")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ def part_table() -> None:
         return format(r[name], spec) if name in r else "-"
 
     for r in rows:
-        print(f"| {r['n_layers']} x {r['d_model']}, {r['d_ff']} | {cell(r, 'params_total', ',')} | {cell(r, 'c', '.3f')} | "
+        print(f"| {r['n_layers']} x {r['d_model']}, {r['d_ff']} | {cell(r, 'params_total', ',')} | "
+              f"{cell(r, 'c', '.3f')} | "
               f"{cell(r, 'verify_k4', '.2f')} | {cell(r, 'ar_ms_per_token', '.2f')} | "
               f"{cell(r, 'train_tokens_per_s', '.0f')} | {cell(r, 'val_main', '.3f')} |")
 

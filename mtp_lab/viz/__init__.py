@@ -8,6 +8,11 @@ Entry points (each returns a dashboard; display it as the last expression of a c
 - speculative_race(model, tokenizer): plain vs speculative decoding on the wall clock.
 - training_monitor(): live loss curves and lambda, a callback for mtp_lab.train.Trainer.
 - speedup_lab(points): predicted speed-up from acceptance, k and draft cost, with measured and production points.
+- loss_curves(runs): the training losses of finished runs ({label: History}) in the training monitor's colours.
+
+presenter(scale=1.5) makes every view built afterwards projector-sized (presenter(False) turns it off); the
+course's colours (one per meaning: main model, MTP depths, accepted/rejected/corrected/bonus, E4M3/E5M2) are
+in mtp_lab.viz.palette; theme.apply(fig) gives a notebook's own plotly figure the same look.
 """
 
 from .architecture import architecture_view
@@ -17,7 +22,8 @@ from .race import speculative_race
 from .rmsnorm import rmsnorm_dashboard
 from .specdec import speculative_dashboard
 from .speedup import speedup_lab
-from .training import training_monitor
+from .theme import presenter
+from .training import loss_curves, training_monitor
 
 __all__ = ["rmsnorm_dashboard", "architecture_view", "fp8_explorer", "speculative_dashboard", "speculative_race",
-           "training_monitor", "speedup_lab", "Throttle", "widgets_available"]
+           "training_monitor", "speedup_lab", "loss_curves", "presenter", "Throttle", "widgets_available"]

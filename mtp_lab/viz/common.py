@@ -19,8 +19,10 @@ from typing import Callable
 import plotly.graph_objects as go
 import torch
 
+from . import theme
+from .palette import COLORS
+
 MAX_REDRAWS_PER_SECOND = 20  # what a browser comfortably draws; each redraw is one batch_update message
-FIG_WIDTH = 920              # pixels: a FigureWidget does not stretch to the notebook's width by itself
 
 
 def widgets_available() -> bool:
@@ -103,8 +105,9 @@ class Dashboard(abc.ABC):
         self.redraw = Throttle(self.draw, max_redraws_per_second)
 
     def new_figure(self, fig: go.Figure | None = None) -> go.Figure:
-        """A FigureWidget (interactive) or a plain Figure (static) with `fig`'s traces and layout."""
-        fig = fig if fig is not None else go.Figure()
+        """A FigureWidget (interactive) or a plain Figure (static) with `fig`'s traces and layout, in the
+        course's look at the current presenter scale, as wide as its cell (theme.apply)."""
+        fig = theme.apply(fig if fig is not None else go.Figure())
         out = go.FigureWidget(fig) if self.interactive else go.Figure(fig)
         self.figures.append(out)
         return out
@@ -143,9 +146,21 @@ class Dashboard(abc.ABC):
         return f"<{type(self).__name__} ({mode}, {len(self.figures)} figure(s))>"
 
 
+def html_widget(value: str = ""):
+    """An ipywidgets HTML (status lines, generated text) in the view's font size at the presenter scale."""
+    import ipywidgets as w
+
+    return w.HTML(value, style={"font_size": f"{theme.px(theme.FONT)}px"})
+
+
 def error_html(message: str) -> str:
     """A status line that reports a rejected input."""
-    return f"<span style='color:#b00'>{html.escape(message)}</span>"
+    return f"<span style='color:{COLORS['error']}'>{html.escape(message)}</span>"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 token', '2 tokens', '0 tokens'."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -178,5 +193,5 @@ def prompt_tokens(model, tokenizer, text: str) -> torch.Tensor:
 
 
 def escape(s: str) -> str:
-    """HTML-escape a token's text and make whitespace visible."""
+    """HTML-escape one token's text and make its whitespace visible (a token on its own: tables, hovers)."""
     return html.escape(s).replace("\n", "\u21b5").replace(" ", "&nbsp;") or "&#8203;"

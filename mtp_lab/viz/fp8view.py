@@ -11,13 +11,17 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn as nn
-from plotly.subplots import make_subplots
 
 from ..fp8 import FORMATS, accumulation_error_vs_k, dequantize, quant_stats, quantize
-from .common import FIG_WIDTH, Dashboard, prompt_tokens
+from . import theme
+from .common import Dashboard, html_widget, prompt_tokens
+from .palette import COLORS, HEATMAP
 
-GRANULARITY_LABELS = {"tensor": "per tensor", "tile": "1x128 tile", "block": "128x128 block"}
+GRANULARITY_LABELS = {"tensor": "per<br>tensor", "tile": "1x128<br>tile", "block": "128x128<br>block"}
 DEFAULT_KS = (128, 256, 512, 1024, 2048, 4096)
+# where the granularity lesson shows: per-tensor E4M3 error ~3x the tile's (0.08 vs 0.03), 12% of ordinary
+# values underflow; at the old default of 20 every bar was equal until the slider passed ~1e4
+DEFAULT_OUTLIER = 2.5e4
 
 
 def format_values(fmt: str) -> np.ndarray:
@@ -103,8 +107,8 @@ def layer_scales(model, name: str, tokens: torch.Tensor) -> dict:
 class FP8Explorer(Dashboard):
     """Five panels: number lines, granularity errors, weight block scales, activation tile scales, error vs K."""
 
-    TITLES = ("E4M3 and E5M2: every positive value (log scale)", "Error on ordinary values by granularity",
-              "Weight scales per 128x128 block", "Activation scales per 1x128 tile", "Accumulation rel. error vs K")
+    TITLES = ("E4M3 and E5M2: every positive value", "Error by granularity", "Weight block scales (128x128)",
+              "Activation tile scales (1x128)", "Accumulation error vs K")
 
     def __init__(self, model, tokenizer, prompt: str = "def forward(self, x):\n    return x",
                  ks=DEFAULT_KS, interactive: bool | None = None):
@@ -116,13 +120,13 @@ class FP8Explorer(Dashboard):
         cs = dict(continuous_update=False, style={"description_width": "initial"})
         self.value = w.FloatLogSlider(value=3.3, base=10, min=-4, max=5, step=0.01, description="value x",
                                       readout_format=".3g", **cs)
-        self.outlier = w.FloatLogSlider(value=20.0, base=10, min=0, max=6, step=0.05, description="outlier ×",
-                                        readout_format=".3g", **cs)
+        self.outlier = w.FloatLogSlider(value=DEFAULT_OUTLIER, base=10, min=0, max=6, step=0.05,
+                                        description="outlier ×", readout_format=".3g", **cs)
         self.layer = w.Dropdown(options=names, value=names[0], description="layer")
         self.prompt = w.Text(value=prompt, description="prompt", **cs)
         self.bits = w.IntSlider(value=14, min=8, max=23, description="accumulator bits", **cs)
         self.promote = w.Dropdown(options=[32, 64, 128, 256, 512], value=128, description="promote every N_C")
-        self.status = w.HTML()
+        self.status = html_widget()
         self.fig = self.new_figure(self._layout())
         for control, compute in ((self.value, self.set_value), (self.outlier, self.set_outlier),
                                  (self.layer, self.set_layer), (self.prompt, self.set_prompt),
@@ -139,42 +143,47 @@ class FP8Explorer(Dashboard):
         self.redraw.request()
 
     def _layout(self):
-        fig = make_subplots(rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],
-                            subplot_titles=self.TITLES, vertical_spacing=0.2, horizontal_spacing=0.11)
+        fig = theme.panel_grid(780, legend_rows=4, rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],
+                               subplot_titles=self.TITLES, horizontal_spacing=0.1)
         self.trace = {}
 
         def add(key, row, col, kind="scatter", **kw):
             self.trace[key] = len(fig.data)
             getattr(fig, f"add_{kind}")(row=row, col=col, **kw)
 
-        for i, fmt in enumerate(FORMATS):
-            add(f"line_{fmt}", 1, 1, name=fmt.upper(), mode="markers", marker=dict(symbol="line-ns-open", size=14),
-                hovertemplate=f"{fmt.upper()}: %{{x:.6g}}<extra></extra>")
-        add("x", 1, 1, name="x", mode="lines", line=dict(color="black", dash="dot"), hoverinfo="skip")
-        add("x_rounded", 1, 1, name="x rounded", mode="markers", marker=dict(color="red", size=11, symbol="x"),
-            hovertemplate="%{text}<extra></extra>")
         for fmt in FORMATS:
-            add(f"gran_{fmt}", 1, 3, "bar", name=f"{fmt.upper()} error", hovertemplate="%{y:.3g}<extra></extra>")
+            add(f"line_{fmt}", 1, 1, name=fmt.upper(), mode="markers", legendgroup=fmt,
+                marker=theme.marker(fmt, 14, symbol="line-ns-open", line=dict(width=theme.px(1.5))),
+                hovertemplate=f"{fmt.upper()}: %{{x:.6g}}<extra></extra>")
+        add("x", 1, 1, name="x", mode="lines", line=theme.line("reference", dash="dot"), hoverinfo="skip")
+        add("x_rounded", 1, 1, name="x rounded (format's colour)", mode="markers",
+            marker=theme.marker("reference", 12, symbol="x"), hovertemplate="%{text}<extra></extra>")
+        for fmt in FORMATS:
+            add(f"gran_{fmt}", 1, 3, "bar", name=f"{fmt.upper()} error", legend="legend2", legendgroup=fmt,
+                marker_color=COLORS[fmt], hovertemplate="%{y:.3g}<extra></extra>")
         for key, axis, hover in (("w_scale", "xaxis3", "block row %{y}, col %{x}"),
                                  ("a_scale", "xaxis4", "token %{y}, tile %{x}")):
-            bar = dict(len=0.38, y=0.19, x=fig.layout[axis].domain[1] + 0.005, thickness=10)  # right of its panel
-            add(key, 2, 1 if key == "w_scale" else 2, "heatmap", colorscale="Viridis", colorbar=bar,
+            x0, x1 = fig.layout[axis].domain   # the colour bar lies under its panel, below the axis title
+            bar = dict(orientation="h", x=(x0 + x1) / 2, len=x1 - x0, y=theme.paper_below(fig, "yaxis3", 80),
+                       yanchor="top", thickness=theme.px(10), nticks=4, tickformat=".2g")
+            add(key, 2, 1 if key == "w_scale" else 2, "heatmap", colorscale=HEATMAP, colorbar=bar,
                 hovertemplate=hover + "<br>scale %{z:.3g}<extra></extra>")
-        for key, name, dash in (("limited", "~14-bit accumulator only", None),
-                                ("promoted", "promoted to FP32 every N_C", "dash"),
-                                ("fp32", "FP32 chunk sums (released kernel)", "dot")):
-            add(f"acc_{key}", 2, 3, name=name, mode="lines+markers", line=dict(dash=dash))
-        fig.update_xaxes(type="log", title_text="value", row=1, col=1)
+        for key, name, dash in (("limited", "~14-bit accumulator", None), ("promoted", "promoted every N_C", "dash"),
+                                ("fp32", "FP32 chunk sums", "dot")):   # the last as the released kernel does
+            add(f"acc_{key}", 2, 3, name=name, mode="lines+markers", legend="legend3",
+                line=theme.line(f"accumulator {key}", dash=dash), marker=theme.marker(f"accumulator {key}"))
+        fig.update_xaxes(type="log", title_text="value", exponentformat="power", row=1, col=1)
         fig.update_yaxes(tickvals=[0, 1], ticktext=list(f.upper() for f in FORMATS), range=[-0.6, 1.6], row=1, col=1)
-        fig.update_yaxes(type="log", title_text="rel. error", row=1, col=3)
+        fig.update_yaxes(type="log", title_text="rel. error on ordinary values", row=1, col=3)
         fig.update_xaxes(title_text="block column (128 inputs)", dtick=1, row=2, col=1)
-        fig.update_yaxes(autorange="reversed", dtick=1, row=2, col=1)
+        fig.update_yaxes(autorange="reversed", dtick=1, title_text="block row", row=2, col=1)
         fig.update_xaxes(title_text="tile (128 inputs)", dtick=1, row=2, col=2)
-        fig.update_yaxes(autorange="reversed", row=2, col=2)
-        fig.update_xaxes(type="log", title_text="K", row=2, col=3)
-        fig.update_yaxes(type="log", row=2, col=3)
-        fig.update_layout(width=FIG_WIDTH, height=760, barmode="group", margin=dict(t=60, l=60, r=20, b=40),
-                          legend=dict(font=dict(size=10), orientation="h", y=-0.1, x=0))
+        fig.update_yaxes(autorange="reversed", title_text="token", row=2, col=2)
+        fig.update_xaxes(type="log", title_text="K", tickvals=list(self.ks), row=2, col=3)
+        fig.update_yaxes(type="log", exponentformat="power", row=2, col=3)   # the panel title says what
+        fig.update_layout(barmode="group")
+        for legend, n in (("legend", ""), ("legend2", "2"), ("legend3", "5")):
+            theme.panel_legend(fig, legend, f"xaxis{n}", f"yaxis{n}")
         return fig
 
     def set_value(self) -> None:
@@ -206,6 +215,7 @@ class FP8Explorer(Dashboard):
             data[t["x_rounded"]].x = [v for v, _, _ in shown]
             data[t["x_rounded"]].y = [i for _, i, _ in shown]
             data[t["x_rounded"]].text = [f"{x:.4g} -> {f.upper()} {v:.4g}" for v, _, f in shown]
+            data[t["x_rounded"]].marker.color = [COLORS[f] for _, _, f in shown]
             for fmt in FORMATS:
                 bars = data[t[f"gran_{fmt}"]]
                 bars.x = list(GRANULARITY_LABELS.values())
@@ -215,8 +225,11 @@ class FP8Explorer(Dashboard):
             for key in ("limited", "promoted", "fp32"):
                 data[t[f"acc_{key}"]].x = [r["k"] for r in self.acc]
                 data[t[f"acc_{key}"]].y = [r[key] for r in self.acc]
-            self.fig.layout.xaxis3.title.text = f"{self.layer.value}: block column (128 inputs)"
-        rel = lambda f: f"{f.upper()} {self.rounded[f]:.4g} ({abs(self.rounded[f] - x) / x:.1%} off)"
+            self.fig.layout.xaxis3.title.text = f"{self.layer.value}:<br>block column (128 inputs)"
+
+        def rel(f: str) -> str:
+            return f"{f.upper()} {self.rounded[f]:.4g} ({abs(self.rounded[f] - x) / x:.1%} off)"
+
         act = sc["act"]
         act_text = (f"activation tiles: rel. error {act['rel_error']:.2%}, scales {act['scale_min']:.2g}"
                     f"..{act['scale_max']:.2g}" if act else "no activation at this MTP depth for so short a prompt")

@@ -1,13 +1,19 @@
 """The race: plain autoregressive decoding against speculative decoding, side by side, on the wall clock.
 
 Both runs are measured one after the other on the same machine (running them at once would make them
-compete for the CPU), each after a short warm-up, then replayed together in real time: two texts fill
-up and the tokens-vs-seconds chart shows the gap.
+compete for the CPU), each after a short warm-up, then replayed together: two texts fill up and the
+tokens-vs-seconds chart shows the gap. A small model generates in a fraction of a second, so the replay is
+slowed down (by default to last about REPLAY_S seconds) and says by how much.
+
+One run is one sample: on a shared machine the speed ratio moves from run to run (0.6x to 1.4x around a
+median of 1.0x is usual here). Each press measures `repeats` pairs, replays the median one and reports the
+median and range of every run so far with the same settings.
 """
 
 from __future__ import annotations
 
 import html
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -16,7 +22,12 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..decoding import speculative_steps
-from .common import FIG_WIDTH, Dashboard, encode
+from . import theme
+from .common import Dashboard, encode, html_widget, plural
+
+REPLAY_S = 6.0   # seconds a replay lasts by default: a room can follow it
+SLOWDOWNS = [(f"about {REPLAY_S:g} s (auto)", 0), ("real time", 1), ("5x slower", 5), ("20x slower", 20),
+             ("100x slower", 100)]
 
 
 @dataclass
@@ -61,11 +72,27 @@ def race(model, prompt_ids: list[int], max_new_tokens: int = 64, num_draft: int 
     return ar, spec
 
 
+def replay_slowdown(measured_s: float, choice: int = 0) -> int:
+    """How many times slower than measured to replay: `choice`, or with 0 (auto) the whole number that makes
+    a replay of `measured_s` seconds last about REPLAY_S (1 = real time, for runs that long already)."""
+    if choice:
+        return int(choice)
+    return max(1, round(REPLAY_S / measured_s)) if measured_s > 0 else 1
+
+
+def ratio_summary(ratios: list[float]) -> str:
+    """Speed-ups measured so far: their median and range (for one run, a prompt to measure again)."""
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}x in 1 run (one sample: press race again for the spread)"
+    return (f"median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x "
+            f"over {len(ratios)} runs")
+
+
 class SpeculativeRace(Dashboard):
-    """A "race" button: measure both, then replay them together in real time (or slowed down)."""
+    """A "race" button: measure both `repeats` times, replay the median pair slowed down, report the spread."""
 
     def __init__(self, model, tokenizer, prompt: str = "def main():\n", max_new_tokens: int = 96,
-                 num_draft: int = 2, seed: int = 0, interactive: bool | None = None):
+                 num_draft: int = 2, seed: int = 0, repeats: int = 3, interactive: bool | None = None):
         super().__init__(interactive)
         import ipywidgets as w
 
@@ -78,36 +105,51 @@ class SpeculativeRace(Dashboard):
                                   description="drafter")
         self.max_new = w.IntSlider(value=max_new_tokens, min=8, max=model.config.max_seq_len - 1,
                                    description="tokens", **cs)
-        self.slowdown = w.Dropdown(options=[("real time", 1), ("2x slower", 2), ("5x slower", 5), ("10x slower", 10)],
-                                   value=1, description="replay")
+        self.repeats = w.IntSlider(value=repeats, min=1, max=10, description="runs per press", **cs)
+        self.slowdown = w.Dropdown(options=SLOWDOWNS, value=0, description="replay")
         self.go_button = w.Button(description="race", icon="flag-checkered", button_style="primary")
-        self.texts = [w.HTML(), w.HTML()]
-        self.status = w.HTML("press race: both runs are measured, then replayed side by side")
+        self.texts = [html_widget(), html_widget()]
+        self.status = html_widget("press race: both runs are measured, then replayed side by side, slowed down")
         fig = go.Figure()
-        for name, color in (("autoregressive", "#de2d26"), ("speculative", "#31a354")):
-            fig.add_scatter(name=name, mode="lines", line=dict(color=color, width=3, shape="hv"))
-        fig.update_layout(width=FIG_WIDTH, height=300, xaxis_title="seconds", yaxis_title="tokens generated",
-                          margin=dict(t=30, l=50, r=20, b=40), legend=dict(orientation="h", y=1.12))
+        for name in ("autoregressive", "speculative"):
+            fig.add_scatter(name=name, mode="lines", line=theme.line(name, width=3, shape="hv"))
+        fig.update_layout(height=theme.height(320), xaxis_title="seconds (measured)", yaxis_title="tokens generated",
+                          margin=theme.margin(t=30, l=60), legend=dict(orientation="h", yanchor="bottom", y=1.02))
         self.fig = self.new_figure(fig)
         self.go_button.on_click(lambda _: self.handle(self.run))
         self.timelines: tuple[Timeline, Timeline] | None = None
+        self.ratios: dict[tuple, list[float]] = {}   # settings -> AR seconds / speculative seconds of every run
+        self.measured: list[float] = []              # the ratios of the settings last raced
         self.clock = 0.0            # replay time shown, in measured seconds
+        self.slow = 1               # the replay's slowdown
         self._thread: threading.Thread | None = None
         if self.interactive:
             boxes = [w.VBox([w.HTML(f"<b>{t}</b>"), x], layout=w.Layout(width="50%"))
-                     for t, x in zip(("autoregressive", "speculative"), self.texts)]
+                     for t, x in zip(("autoregressive", "speculative"), self.texts, strict=True)]
             self.widget = w.VBox([w.HBox([self.prompt, self.drafter, self.go_button]),
-                                  w.HBox([self.k, self.temperature, self.max_new, self.slowdown]),
+                                  w.HBox([self.k, self.temperature, self.max_new]),
+                                  w.HBox([self.repeats, self.slowdown]),
                                   self.status, w.HBox(boxes), self.fig])
 
+    def settings(self) -> tuple:
+        return (self.prompt.value, self.k.value, self.temperature.value, self.drafter.value, self.max_new.value)
+
     def run(self) -> None:
-        """Measure both generations, then replay them (on a thread when a front end is showing them)."""
+        """Measure both generations `repeats` times, keep the median pair, then replay it (on a thread when a
+        front end is showing it)."""
         if self._thread is not None and self._thread.is_alive():
             return
         ids = encode(self.tokenizer, self.prompt.value)
-        self.status.value = "measuring..."
-        self.timelines = race(self.model, ids, self.max_new.value, self.k.value, self.temperature.value,
-                              self.drafter.value, seed=self.seed)
+        pairs = []
+        for i in range(self.repeats.value):
+            self.status.value = f"measuring: run {i + 1} of {self.repeats.value}..."
+            pairs.append(race(self.model, ids, self.max_new.value, self.k.value, self.temperature.value,
+                              self.drafter.value, seed=self.seed))
+        pairs.sort(key=lambda p: p[0].total_s / p[1].total_s)
+        self.measured = self.ratios.setdefault(self.settings(), [])
+        self.measured.extend(ar.total_s / spec.total_s for ar, spec in pairs)
+        self.timelines = pairs[len(pairs) // 2]
+        self.slow = replay_slowdown(max(t.total_s for t in self.timelines), self.slowdown.value)
         if self.interactive:
             self._thread = threading.Thread(target=self.replay, daemon=True)
             self._thread.start()
@@ -116,7 +158,7 @@ class SpeculativeRace(Dashboard):
 
     def replay(self) -> None:
         end = max(t.total_s for t in self.timelines)
-        start, slow = time.monotonic(), self.slowdown.value
+        start, slow = time.monotonic(), self.slow
         while (now := (time.monotonic() - start) / slow) < end:
             self.show_at(now)
             time.sleep(1 / 40)
@@ -133,25 +175,32 @@ class SpeculativeRace(Dashboard):
             return
         t = self.clock
         with self.fig.batch_update():
-            for tr, tl in zip(self.fig.data, self.timelines):
+            for tr, tl in zip(self.fig.data, self.timelines, strict=True):
                 keep = tl.times <= t
                 tr.x = np.concatenate([[0.0], tl.times[keep]])
                 tr.y = np.concatenate([[0], tl.counts[keep]])
-        for box, tl in zip(self.texts, self.timelines):
+        for box, tl in zip(self.texts, self.timelines, strict=True):
             n = tl.tokens_at(t)
-            box.value = (f"<div style='font-family:monospace;white-space:pre-wrap'>"
-                         f"{html.escape(self.tokenizer.decode(tl.tokens[:n]))}</div><small>{n} tokens</small>")
+            text = html.escape(self.tokenizer.decode(tl.tokens[:n]))
+            box.value = (f"<div style='font-family:monospace;white-space:pre-wrap'>{text}</div>"
+                         f"<small>{plural(n, 'token')}</small>")
         ar, spec = self.timelines
-        if t >= max(ar.total_s, spec.total_s):
+        end = max(ar.total_s, spec.total_s)
+        pace = "in real time" if self.slow == 1 else f"slowed down {self.slow}x"
+        if t >= end:
             same = " · identical outputs (greedy is lossless)" if ar.tokens == spec.tokens else ""
             self.status.value = (f"{ar.label} {ar.total_s:.2f} s, {spec.label} {spec.total_s:.2f} s for "
-                                 f"{len(spec.tokens)} tokens: {ar.total_s / spec.total_s:.2f}x{same}")
+                                 f"{plural(len(spec.tokens), 'token')}: {ar.total_s / spec.total_s:.2f}x in the run "
+                                 f"replayed ({pace}) · <b>speed-up (AR time / speculative time) "
+                                 f"{ratio_summary(self.measured)}</b> with these settings{same}")
         else:
-            self.status.value = f"replaying: {t:.2f} s"
+            self.status.value = f"replaying {pace}: {t:.2f} of {end:.2f} measured seconds"
 
 
 def speculative_race(model, tokenizer, prompt: str = "def main():\n", max_new_tokens: int = 96,
-                     num_draft: int = 2, seed: int = 0, interactive: bool | None = None) -> SpeculativeRace:
-    """AR vs speculative generation side by side: press "race" to measure both and replay them in real
-    time, with a tokens-vs-seconds chart that shows the wall-clock gap."""
-    return SpeculativeRace(model, tokenizer, prompt, max_new_tokens, num_draft, seed, interactive)
+                     num_draft: int = 2, seed: int = 0, repeats: int = 3,
+                     interactive: bool | None = None) -> SpeculativeRace:
+    """AR vs speculative generation side by side: press "race" to measure both `repeats` times and replay the
+    median run slowed down to a pace a room can follow, with a tokens-vs-seconds chart of the wall-clock gap
+    and the speed ratio's median and range over every run so far."""
+    return SpeculativeRace(model, tokenizer, prompt, max_new_tokens, num_draft, seed, repeats, interactive)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from plotly.subplots import make_subplots
 
 from ..layers import RMSNorm
-from .common import FIG_WIDTH, Dashboard, escape, prompt_tokens, token_texts
+from . import theme
+from .common import Dashboard, escape, html_widget, plural, prompt_tokens, token_texts
+from .palette import COLORS, tint
 
 
 @dataclass
@@ -77,7 +78,7 @@ def capture_norms(model, tokens: torch.Tensor, eps: float | None = None) -> list
     finally:
         for h in handles:
             h.remove()
-        for (_, m), e in zip(sites, old_eps):
+        for (_, m), e in zip(sites, old_eps, strict=True):
             m.eps = e
         model.train(was_training)
 
@@ -129,6 +130,7 @@ def channel_stats(capture: NormCapture, bins: int = 40) -> dict[str, np.ndarray]
 
 
 EPS_GRID = np.logspace(-9, 2, 200)  # input RMS values for the eps curve
+SITE_AXIS_PX = 125                  # px at scale 1 under the per-site panel: its site names stand upright
 
 
 class RMSNormDashboard(Dashboard):
@@ -150,7 +152,7 @@ class RMSNormDashboard(Dashboard):
         self.site = w.Dropdown(options=[(site_label(n), n) for n in names], value=names[0], description="norm")
         self.eps = w.FloatLogSlider(value=self.model_eps, base=10, min=-12, max=0, step=0.25,
                                     description="eps", readout_format=".1e", continuous_update=False)
-        self.status = w.HTML()
+        self.status = html_widget()
         self.fig = self.new_figure(self._layout())
         self.prompt.observe(lambda ch: self.handle(self.set_prompt, ch["new"]), names="value")
         self.eps.observe(lambda ch: self.handle(self.recompute, ch["new"]), names="value")
@@ -161,36 +163,51 @@ class RMSNormDashboard(Dashboard):
         self.redraw.request()
 
     def _layout(self):
-        fig = make_subplots(rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],
-                            subplot_titles=self.TITLES, vertical_spacing=0.22, horizontal_spacing=0.07)
+        fig = theme.panel_grid(860, legend_rows=4, axis_px=SITE_AXIS_PX, rows=2, cols=3,
+                               specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]], subplot_titles=self.TITLES,
+                               horizontal_spacing=0.1)
         self.trace = {}  # trace key -> index in fig.data
 
-        def add(key, row, col, kind="scatter", **kw):
+        def add(key, row, col, legend, kind="scatter", **kw):
             self.trace[key] = len(fig.data)
-            getattr(fig, f"add_{kind}")(row=row, col=col, **kw)
+            getattr(fig, f"add_{kind}")(row=row, col=col, legend=legend, **kw)
 
-        for key, name, dash in (("rms_in", "RMS in", None), ("rms_out", "RMS out", None),
-                                ("maxabs_in", "max|x| in", "dot"), ("maxabs_out", "max|x| out", "dot")):
-            add(key, 1, 1, name=name, mode="lines+markers", line=dict(dash=dash))
-        add("eps", 1, 3, name="r/sqrt(r²+eps), slider eps", mode="lines")
-        add("eps_model", 1, 3, name="model eps", mode="lines", line=dict(dash="dash", color="grey"))
-        add("knee", 1, 3, name="r = sqrt(eps)", mode="lines", line=dict(dash="dot", color="red"))
-        add("eps_tokens", 1, 3, name="tokens of this norm", mode="markers", marker=dict(size=7))
-        for key, name in (("tok_rms_in", "RMS in"), ("tok_mean_in", "mean in"), ("tok_maxabs_in", "max|x| in"),
-                          ("tok_rms_out", "RMS out")):
-            add(key, 2, 1, name=f"{name} (token)", mode="lines+markers", hovertemplate="%{customdata}<br>%{y:.4g}")
-        add("hist_in", 2, 2, "bar", name="entering", opacity=0.6)
-        add("hist_out", 2, 2, "bar", name="leaving", opacity=0.6)
-        add("gain", 2, 3, name="gain g_j", mode="lines")
-        add("channel_rms", 2, 3, "bar", name="RMS of x_j / RMS of x", opacity=0.5)
-        fig.update_yaxes(type="log", row=1, col=1)
-        fig.update_xaxes(type="log", title_text="input RMS r", row=1, col=3)
+        for key, name, color, dash in (("rms_in", "RMS in", "norm in", None), ("rms_out", "RMS out", "norm out", None),
+                                       ("maxabs_in", "max|x| in", "norm in", "dot"),
+                                       ("maxabs_out", "max|x| out", "norm out", "dot")):
+            add(key, 1, 1, "legend", name=name, mode="lines+markers", line=theme.line(color, dash=dash),
+                marker=theme.marker(color))
+        add("eps", 1, 3, "legend2", name="slider eps", mode="lines", line=theme.line("reference"))
+        add("eps_model", 1, 3, "legend2", name="model eps", mode="lines", line=theme.line("muted", dash="dash"))
+        add("knee", 1, 3, "legend2", name="knee r = √eps", mode="lines", line=theme.line("reference", dash="dot"))
+        add("eps_tokens", 1, 3, "legend2", name="this norm's tokens", mode="markers", marker=theme.marker("norm in"))
+        for key, name, color, dash in (("tok_rms_in", "RMS in", "norm in", None),
+                                       ("tok_mean_in", "mean in", "norm in", "dash"),
+                                       ("tok_maxabs_in", "max|x| in", "norm in", "dot"),
+                                       ("tok_rms_out", "RMS out", "norm out", None)):
+            add(key, 2, 1, "legend3", name=name, mode="lines+markers", line=theme.line(color, dash=dash),
+                marker=theme.marker(color, 5), hovertemplate="%{customdata}<br>%{y:.4g}")
+        add("hist_in", 2, 2, "legend4", "bar", name="entering", opacity=0.6, marker_color=COLORS["norm in"])
+        add("hist_out", 2, 2, "legend4", "bar", name="leaving", opacity=0.6, marker_color=COLORS["norm out"])
+        add("gain", 2, 3, "legend5", name="gain g_j", mode="lines", line=theme.line("reference"))
+        add("channel_rms", 2, 3, "legend5", "bar", name="RMS of x_j / RMS of x", opacity=0.5,
+            marker_color=COLORS["norm in"])
+        log_ticks = dict(type="log", dtick=1, exponentformat="power", minor=dict(ticks="outside", showgrid=False))
+        fig.update_yaxes(title_text="over the prompt's tokens", row=1, col=1, **log_ticks)
+        fig.update_xaxes(tickangle=-90, row=1, col=1)
+        fig.update_xaxes(title_text="input RMS r", row=1, col=3, **{**log_ticks, "dtick": 3})
         fig.update_yaxes(title_text="output RMS (before g)", row=1, col=3)
         fig.update_xaxes(title_text="position", row=2, col=1)
+        fig.update_yaxes(title_text="value", row=2, col=1)
         fig.update_xaxes(title_text="log10 |value|", row=2, col=2)
+        fig.update_yaxes(title_text="count", row=2, col=2)
         fig.update_xaxes(title_text="channel j", row=2, col=3)
-        fig.update_layout(width=FIG_WIDTH, height=780, barmode="overlay", margin=dict(t=60, l=50, r=20, b=40),
-                          legend=dict(font=dict(size=10), orientation="h", y=-0.12, x=0))
+        fig.update_yaxes(title_text="g_j; RMS ratio", row=2, col=3)
+        fig.update_layout(barmode="overlay")
+        for legend, (xa, ya) in zip(("legend", "legend2", "legend3", "legend4", "legend5"),
+                                    (("xaxis", "yaxis"), ("xaxis2", "yaxis2"), ("xaxis3", "yaxis3"),
+                                     ("xaxis4", "yaxis4"), ("xaxis5", "yaxis5")), strict=True):
+            theme.panel_legend(fig, legend, xa, ya, SITE_AXIS_PX if legend == "legend" else theme.AXIS_BELOW)
         return fig
 
     def set_prompt(self, text: str) -> None:
@@ -229,14 +246,15 @@ class RMSNormDashboard(Dashboard):
                 tr.x, tr.y = xs, ys
                 if key.startswith("tok_"):
                     tr.customdata = custom
-            self.fig.layout.shapes = [dict(type="rect", xref="x", yref="paper", x0=idx - 0.5, x1=idx + 0.5,
-                                           y0=0.62, y1=1.0, fillcolor="orange", opacity=0.2, line_width=0)]
+            self.fig.layout.shapes = [dict(type="rect", xref="x", yref="y domain", x0=idx - 0.5, x1=idx + 0.5,
+                                           y0=0, y1=1, fillcolor=tint("highlight", 0.5), line_width=0, layer="below")]
             self.fig.layout.annotations[2].text = f"{self.TITLES[2]}: {cap.label}"
         n = cap.x.shape[0]
-        note = "" if n else " (the prompt is too short for this MTP depth: it sees T-k positions)"
-        self.status.value = (f"{self.tokens.shape[1]} tokens · <b>{cap.label}</b>: {n} vectors{note} · "
-                             f"eps = {eps:.1e}, knee at r = sqrt(eps) = {np.sqrt(eps):.1e} · "
-                             f"mean RMS in {self.summary['rms_in'][idx]:.3g}, out {self.summary['rms_out'][idx]:.3g}")
+        rms = (f"mean RMS in {self.summary['rms_in'][idx]:.3g}, out {self.summary['rms_out'][idx]:.3g}" if n else
+               "no statistics: the prompt is too short for this MTP depth (module k sees T-k positions)")
+        self.status.value = (f"{plural(self.tokens.shape[1], 'token')} · <b>{cap.label}</b>: "
+                             f"{plural(n, 'vector')} · eps = {eps:.1e}, knee at r = sqrt(eps) = {np.sqrt(eps):.1e} · "
+                             f"{rms}")
 
 
 def rmsnorm_dashboard(model, tokenizer, prompt: str = "def forward(self, x):\n    return x",

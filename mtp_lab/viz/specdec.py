@@ -2,30 +2,36 @@
 
 Data comes from `mtp_lab.decoding.speculative_steps`, one SpeculativeStep per main-model forward.
 Plain functions turn events into marked-up tokens, running acceptance statistics (vLLM's metrics, in a
-GenerationStats) and the current step's draft table; `SpeculativeDashboard` plays them step by step or
-on a timer; `SpeculativeRace` measures plain and speculative decoding and replays both timelines.
+GenerationStats), the current step's draft table and, for greedy steps (where p and q are one-hot), the
+target's top candidates; `SpeculativeDashboard` plays them step by step or on a timer.
+(The race of plain against speculative decoding on the wall clock is `mtp_lab.viz.race`.)
 """
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from dataclasses import dataclass, field
 
-from plotly.subplots import make_subplots
+import torch
 
 from ..decoding import GenerationStats, speculative_steps
-from .common import FIG_WIDTH, Dashboard, encode, error_html, escape
+from . import theme
+from .common import Dashboard, encode, error_html, escape, html_widget, plural
+from .palette import COLORS, tint
 
 KIND_STYLE = {  # how each kind of token is marked in the text
-    "prompt": "color:#666",
-    "target": "background:#eee",                                          # plain sample (prefill, k = 0)
-    "accepted": "background:#c7e9c0",                                     # accepted draft
-    "rejected": "background:#fcbba1;text-decoration:line-through",        # first rejected draft (not kept)
-    "corrected": "background:#fdd49e;border-bottom:2px solid #e6550d",    # sampled from norm(max(0, p - q))
-    "bonus": "background:#c6dbef;border-bottom:2px solid #3182bd",        # all drafts kept: one more from p
+    "prompt": f"color:{COLORS['text_muted']}",
+    "target": f"background:{tint('plain', 0.8)}",                                     # plain sample (prefill, k = 0)
+    "accepted": f"background:{tint('accepted')}",                                     # accepted draft
+    "rejected": f"background:{tint('rejected')};text-decoration:line-through",        # first rejected (not kept)
+    "corrected": f"background:{tint('corrected', 0.35)};border-bottom:2px solid {COLORS['corrected']}",  # p - q
+    "bonus": f"background:{tint('bonus', 0.35)};border-bottom:2px solid {COLORS['bonus']}",  # all kept: one from p
 }
+DRAFTED = ("accepted", "rejected", "corrected", "bonus")   # kinds that mark a step's outcome
 LEGEND = " ".join(f"<span style='{s};padding:0 3px'>{k}</span>" for k, s in KIND_STYLE.items() if k != "prompt")
+TOP_N = 5
 
 
 def step_segments(step) -> list[tuple[int, str]]:
@@ -60,10 +66,42 @@ def draft_table(step, tokenizer) -> list[dict]:
     return rows
 
 
+def target_top(step, tokenizer, n: int = TOP_N) -> dict:
+    """For a greedy step (p and q one-hot, so q/p read 1 or 0): the target's n most likely tokens at the draft
+    that decided the step (the first rejected one, else the last), by softmax of its logits at temperature 1,
+    with the drafted token marked (appended with its rank when it is not among the n)."""
+    j = min(step.n_accepted, len(step.draft_tokens) - 1)
+    p = torch.softmax(step.target_logits[j].float(), -1)
+    d = step.draft_tokens[j]
+    ids = p.topk(min(n, p.numel())).indices.tolist()
+    rank = int((p > p[d]).sum()) + 1
+    labels = [f"{i + 1}. {tokenizer.decode([t])!r}" for i, t in enumerate(ids)]
+    if d not in ids:
+        ids.append(d)
+        labels.append(f"{rank}. {tokenizer.decode([d])!r}")
+    return {"j": j + 1, "draft": d, "rank": rank, "accepted": step.accepted[j], "labels": labels,
+            "probs": [float(p[t]) for t in ids], "is_draft": [t == d for t in ids]}
+
+
+def token_html(text: str, kind: str) -> str:
+    """One token as code: kept whitespace stays real (line breaks, indentation); a kept drafted newline also
+    shows a faint "↵" so that its mark is visible; a rejected draft is not part of the text, so its newline is
+    only the "↵" sign."""
+    if kind == "rejected":
+        body = html.escape(text).replace("\n", "\u21b5")
+    elif kind in DRAFTED:
+        body = html.escape(text).replace("\n", "<span style='opacity:0.45'>\u21b5</span>\n")
+    else:
+        body = html.escape(text)
+    return f"<span style='{KIND_STYLE[kind]}' title='{kind}'>{body or '&#8203;'}</span>"
+
+
 def tokens_html(segments: list[tuple[str, str]]) -> str:
-    """Text with every token marked by its kind: a list of (token text, kind)."""
-    spans = "".join(f"<span style='{KIND_STYLE[kind]}' title='{kind}'>{escape(text)}</span>" for text, kind in segments)
-    return f"<div style='font-family:monospace;line-height:1.8;white-space:normal'>{spans}</div>"
+    """The text as code (monospace, real line breaks, wrapped) with every token marked by its kind:
+    a list of (token text, kind)."""
+    spans = "".join(token_html(text, kind) for text, kind in segments)
+    return (f"<div style='font-family:monospace;white-space:pre-wrap;word-break:break-word;line-height:1.7;"
+            f"{theme.css_font()}'>{spans}</div>")
 
 
 @dataclass
@@ -73,6 +111,7 @@ class Playback:
     stats: GenerationStats = field(default_factory=GenerationStats)
     tau: list[float] = field(default_factory=list)                    # running tau after each drafting step
     last_rows: list[dict] = field(default_factory=list)
+    top: dict | None = None                                           # greedy: target_top of the last draft
     done: bool = False
     stop_reason: str = ""
     error: str = ""                                                   # why the controls were rejected
@@ -103,9 +142,9 @@ class SpeculativeDashboard(Dashboard):
         self.pause_button = w.Button(description="pause", icon="pause")
         self.step_button = w.Button(description="step", icon="step-forward")
         self.reset_button = w.Button(description="reset", icon="refresh")
-        self.text = w.HTML()
-        self.table = w.HTML()
-        self.status = w.HTML()
+        self.text = html_widget()
+        self.table = html_widget()
+        self.status = html_widget()
         self.fig = self.new_figure(self._layout())
         for control in (self.prompt, self.k, self.temperature, self.drafter, self.fp8, self.max_new):
             control.observe(lambda ch: self.handle(self.reset), names="value")
@@ -121,25 +160,30 @@ class SpeculativeDashboard(Dashboard):
                 w.HBox([self.prompt, w.VBox([self.drafter, self.fp8])]),
                 w.HBox([self.k, self.temperature, self.max_new]),
                 w.HBox([self.play_button, self.pause_button, self.step_button, self.reset_button, self.speed]),
-                self.status, w.HTML(f"<small>{LEGEND}</small>"), self.text, self.table, self.fig])
+                self.status, html_widget(LEGEND), self.text, self.table, self.fig])
         self.reset()
         self.redraw.request()
 
+    PANEL_TITLE = "This step: q(d_j) vs p(d_j)"
+
     def _layout(self):
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("This step: q(d_j) vs p(d_j)",
-                                                            "Running tau (tokens per forward)",
-                                                            "Acceptance per draft position"))
-        fig.add_bar(name="q_j(d_j) drafter", row=1, col=1, marker_color="#9e9ac8")
-        fig.add_bar(name="p_j(d_j) target", row=1, col=1, marker_color="#3182bd")
+        fig = theme.subplots(rows=1, cols=3, subplot_titles=(self.PANEL_TITLE, "Running tau (tokens per forward)",
+                                                             "Acceptance per draft position"))
+        fig.add_bar(name="q_j(d_j) drafter", row=1, col=1, marker_color=COLORS["draft"])
+        fig.add_bar(name="p_j(d_j) target", row=1, col=1, marker_color=COLORS["target"])
         # positions 1, 2, ... come from x0/dx: only y changes as tokens arrive
-        fig.add_scatter(name="tau = 1 + accepted/steps", mode="lines+markers", x0=1, dx=1, row=1, col=2)
-        fig.add_bar(name="accepted at j / drafted at j", x0=1, dx=1, row=1, col=3, marker_color="#74c476")
-        fig.update_yaxes(range=[0, 1.05], row=1, col=1)
-        fig.update_yaxes(range=[0, 1.05], row=1, col=3)
+        fig.add_scatter(name="tau = 1 + accepted/steps", mode="lines+markers", x0=1, dx=1, row=1, col=2,
+                        line=theme.line("accepted"), marker=theme.marker("accepted"))
+        fig.add_bar(name="accepted at j / drafted at j", x0=1, dx=1, row=1, col=3, marker_color=COLORS["accepted"])
+        fig.add_bar(name=f"greedy: target p (T = 1) of its top {TOP_N}, drafted token marked", row=1, col=1,
+                    texttemplate="%{y:.2f}", textposition="outside", marker_color=COLORS["target"])
+        fig.update_yaxes(range=[0, 1.15], title_text="probability", row=1, col=1)
+        fig.update_yaxes(rangemode="tozero", row=1, col=2)
+        fig.update_yaxes(range=[0, 1.05], title_text="acceptance rate", row=1, col=3)
         fig.update_xaxes(title_text="drafting step", row=1, col=2)
         fig.update_xaxes(title_text="draft position j", dtick=1, row=1, col=3)
-        fig.update_layout(width=FIG_WIDTH, height=340, barmode="group", margin=dict(t=50, l=40, r=20, b=40),
-                          legend=dict(orientation="h", y=-0.2, x=0, font=dict(size=10)))
+        fig.update_layout(height=theme.height(380), barmode="group", margin=theme.margin(t=50, l=50),
+                          legend=dict(orientation="h", yanchor="top", y=-0.25, x=0))
         return fig
 
     # -- engine ------------------------------------------------------------------------------------
@@ -159,7 +203,6 @@ class SpeculativeDashboard(Dashboard):
             raise
         with self._lock:
             self.steps, self.state = steps, Playback(segments=[(self.tokenizer.decode(ids), "prompt")])
-        self.status.value = "ready: press play or step"
 
     def step(self) -> bool:
         """Run one main-model forward; returns False when the generation has finished."""
@@ -177,6 +220,7 @@ class SpeculativeDashboard(Dashboard):
             if event.draft_tokens:
                 st.tau.append(st.stats.mean_acceptance_length)
                 st.last_rows = draft_table(event, self.tokenizer)
+                st.top = target_top(event, self.tokenizer) if self.temperature.value == 0 else None
             if event.stop_reason:
                 st.done, st.stop_reason = True, event.stop_reason
             return not st.done
@@ -214,34 +258,53 @@ class SpeculativeDashboard(Dashboard):
     def draw(self) -> None:
         with self._lock:
             st = self.state
-            segments, rows, tau = list(st.segments), list(st.last_rows), list(st.tau)
+            segments, rows, tau, top = list(st.segments), list(st.last_rows), list(st.tau), st.top
             s = st.stats
             per_pos = s.per_position
+        labels = [f"{r['j']}: {r['token']!r}" for r in rows]
+        sampled = top is None
         with self.fig.batch_update():
-            labels = [f"{r['j']}: {r['token']!r}" for r in rows]
-            self.fig.data[0].x, self.fig.data[0].y = labels, [r["q"] for r in rows]
-            self.fig.data[1].x, self.fig.data[1].y = labels, [r["p"] for r in rows]
-            self.fig.data[2].y = tau
-            self.fig.data[3].y = per_pos
+            data = self.fig.data
+            data[0].x, data[0].y = (labels, [r["q"] for r in rows]) if sampled else ([], [])
+            data[1].x, data[1].y = (labels, [r["p"] for r in rows]) if sampled else ([], [])
+            data[2].y = tau
+            data[3].y = per_pos
+            data[4].x, data[4].y = (top["labels"], top["probs"]) if top else ([], [])
+            if top:
+                data[4].marker.color = [COLORS["draft" if d else "target"] for d in top["is_draft"]]
+            self.fig.layout.annotations[0].text = self.PANEL_TITLE if sampled else (
+                f"Greedy: the target's top {TOP_N} at draft j = {top['j']}")
+            # q and p are probabilities of one token (up to 1); the target's top candidates may all be small
+            self.fig.layout.yaxis.range = [0, 1.15 if sampled else 1.25 * max(top["probs"])]
         self.text.value = tokens_html(segments)
-        self.table.value = rows_html(rows)
+        self.table.value = rows_html(rows, top)
         if st.error:
             self.status.value = error_html(st.error)
-            return
-        done = f" · finished ({st.stop_reason})" if st.done else ""
-        self.status.value = (f"{s.new_tokens} tokens in {s.main_forwards} main forwards "
-                             f"({s.tokens_per_main_forward:.2f} per forward) · drafted {s.drafted}, accepted "
-                             f"{s.accepted} (rate {s.acceptance_rate:.2f}) · tau {s.mean_acceptance_length:.2f}{done}")
+        elif s.main_forwards == 0:
+            sampling = "greedy" if self.temperature.value == 0 else f"temperature {self.temperature.value:g}"
+            self.status.value = (f"no step yet: press <b>step</b> (one main-model forward) or <b>play</b> · "
+                                 f"k = {self.k.value} drafts, {sampling}, drafter {self.drafter.label}")
+        else:
+            done = f" · finished ({st.stop_reason})" if st.done else ""
+            drafts = (f"drafted {s.drafted}, accepted {s.accepted} (rate {s.acceptance_rate:.2f}) · "
+                      f"tau {s.mean_acceptance_length:.2f}" if s.drafted else
+                      "nothing drafted yet (the first forward is the prefill)")
+            self.status.value = (f"{plural(s.new_tokens, 'token')} in {plural(s.main_forwards, 'main forward')} "
+                                 f"({s.tokens_per_main_forward:.2f} per forward) · {drafts}{done}")
 
 
-def rows_html(rows: list[dict]) -> str:
+def rows_html(rows: list[dict], top: dict | None = None) -> str:
+    """The current step's drafts as a table; `top` (greedy) names the rule that decided them."""
     if not rows:
         return ""
     head = "<tr><th>j</th><th>draft</th><th>q(d)</th><th>p(d)</th><th>p/q</th><th>u</th><th></th></tr>"
     body = "".join(f"<tr><td>{r['j']}</td><td><code>{escape(r['token'])}</code></td><td>{r['q']:.3f}</td>"
                    f"<td>{r['p']:.3f}</td><td>{r['ratio']:.3f}</td><td>{r['u']:.3f}</td><td>{r['verdict']}</td></tr>"
                    for r in rows)
-    return f"<table style='font-size:12px'>{head}{body}</table><small>accept d_j iff u_j &lt; p/q</small>"
+    rule = ("greedy: p and q are one-hot, so d_j is kept iff it is the target's most likely token "
+            f"(the drafted token at j = {top['j']} ranks {top['rank']} under the target)" if top else
+            "accept d_j iff u_j &lt; p/q")
+    return f"<table style='{theme.css_font(12)}'>{head}{body}</table><small>{rule}</small>"
 
 
 def speculative_dashboard(model, tokenizer, prompt: str = "def main():\n", max_new_tokens: int = 64,

@@ -16,16 +16,18 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..proportion import break_even_alpha, expected_tokens, predicted_speedup
-from .common import FIG_WIDTH, Dashboard
+from . import theme
+from .common import Dashboard, html_widget
+from .palette import COLORS
 
 # Published cases (mtp-facts, sections 1 and 6): no draft cost is published, the block count gives c's order.
 PRODUCTION = [
     {"label": "DeepSeek-V3 (report): 1 MTP block against 61, k = 1", "alpha": 0.875, "alpha_error": 0.025,
-     "k": 1, "c": 1 / 62, "verify": 1.0, "speedup": 1.8},
+     "k": 1, "c": 1 / 62, "verify": 1.0, "speedup": 1.8, "symbol": "star"},
     {"label": "Qwen3.5-0.8B with MTP in vLLM (an issue report): 96.6% accepted, 342 -> 128 tokens/s",
-     "alpha": 0.966, "alpha_error": 0.0, "k": None, "c": None, "verify": None, "speedup": 128 / 342},
+     "alpha": 0.966, "alpha_error": 0.0, "k": None, "c": None, "verify": None, "speedup": 128 / 342,
+     "symbol": "hexagram"},
 ]
-COLORS = {"curve": "#1f77b4", "measured": "#2ca02c", "shallow": "#d62728", "production": "#7f7f7f"}
 
 
 class SpeedupLab(Dashboard):
@@ -51,7 +53,7 @@ class SpeedupLab(Dashboard):
         presets = [(p["label"], i) for i, p in enumerate(points)] + [(PRODUCTION[0]["label"], "deepseek")]
         self.preset = w.Dropdown(options=presets, value=0, description="set sliders to",
                                  style={"description_width": "initial"}, layout=w.Layout(width="90%"))
-        self.status = w.HTML()
+        self.status = html_widget()
         self.fig_alpha = self.new_figure(self._alpha_figure())
         self.fig_c = self.new_figure(self._c_figure())
         for s in (self.alpha, self.k, self.c, self.v):
@@ -90,47 +92,47 @@ class SpeedupLab(Dashboard):
             x = x_of(p)
             traces.append(go.Scatter(x=[x], y=[p["speedup"]], mode="markers+text", name=p["label"],
                                      text=[f"k={p['k']}"], textposition="top center",
-                                     marker=dict(size=12, symbol="circle",
-                                                 color=COLORS["measured"] if i == 0 else COLORS["shallow"])))
+                                     marker=theme.marker("measured" if i == 0 else "measured other", 12)))
         return traces
 
     def _alpha_figure(self) -> go.Figure:
         fig = go.Figure()
         fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name="predicted (sliders)",
-                                 line=dict(color=COLORS["curve"], width=3)))
+                                 line=theme.line("reference", 3)))
         fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="slider alpha", showlegend=False,
-                                 marker=dict(size=11, color=COLORS["curve"], symbol="diamond")))
+                                 marker=theme.marker("reference", 11, symbol="diamond")))
         for t in self._points_traces(lambda p: p["alpha"]):
             fig.add_trace(t)
         for p in PRODUCTION:
-            fig.add_trace(go.Scatter(x=[p["alpha"]], y=[p["speedup"]], mode="markers", name=p["label"],
-                                     error_x=dict(type="constant", value=p["alpha_error"], visible=p["alpha_error"] > 0),
-                                     marker=dict(size=12, symbol="star", color=COLORS["production"])))
+            error = dict(type="constant", value=p["alpha_error"], visible=p["alpha_error"] > 0)
+            fig.add_trace(go.Scatter(x=[p["alpha"]], y=[p["speedup"]], mode="markers", name=p["label"], error_x=error,
+                                     marker=theme.marker("muted", 12, symbol=p["symbol"])))
         fig.add_hline(y=1.0, line_dash="dot", annotation_text="as fast as plain decoding",
                       annotation_position="bottom right")
-        fig.update_layout(width=FIG_WIDTH, height=420, title="speed-up against acceptance (k, c, v from the sliders)",
+        fig.update_layout(height=theme.height(460), title="speed-up against acceptance (k, c, v from the sliders)",
                           xaxis=dict(title="acceptance alpha (measured points: effective alpha from tau)",
                                      range=[0, 1.02]),
                           yaxis=dict(title="wall-clock speed-up over plain decoding", rangemode="tozero"),
-                          legend=dict(orientation="h", y=-0.25), margin=dict(t=50, l=60, r=20, b=40))
+                          legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=theme.margin(t=50, l=60))
         return fig
 
     def _c_figure(self) -> go.Figure:
         fig = go.Figure()
         fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name="predicted (sliders)",
-                                 line=dict(color=COLORS["curve"], width=3), showlegend=False))
+                                 line=theme.line("reference", 3), showlegend=False))
         fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="slider c", showlegend=False,
-                                 marker=dict(size=11, color=COLORS["curve"], symbol="diamond")))
+                                 marker=theme.marker("reference", 11, symbol="diamond")))
         for t in self._points_traces(lambda p: p["c"]):
             t.showlegend = False
             fig.add_trace(t)
         ds = PRODUCTION[0]
-        fig.add_vline(x=ds["c"], line_dash="dash", line_color=COLORS["production"],
+        fig.add_vline(x=ds["c"], line_dash="dash", line_color=COLORS["muted"],
                       annotation_text="DeepSeek-V3: 1 block in 62", annotation_position="top right")
         fig.add_hline(y=1.0, line_dash="dot")
-        fig.update_layout(width=FIG_WIDTH, height=340, title="speed-up against the draft cost c (alpha, k, v from "
-                          "the sliders)", xaxis=dict(title="c = one draft's time / one AR token's time", range=[0, 0.6]),
-                          yaxis=dict(title="speed-up", rangemode="tozero"), margin=dict(t=50, l=60, r=20, b=40))
+        fig.update_layout(height=theme.height(340),
+                          title="speed-up against the draft cost c (alpha, k, v from the sliders)",
+                          xaxis=dict(title="c = one draft's time / one AR token's time", range=[0, 0.6]),
+                          yaxis=dict(title="speed-up", rangemode="tozero"), margin=theme.margin(t=50, l=60))
         return fig
 
     def draw(self) -> None:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import threading
 
-from plotly.subplots import make_subplots
+import plotly.graph_objects as go
 
 from ..train import Callback, StepRecord
-from .common import FIG_WIDTH, Dashboard
-
-DEPTH_COLORS = ("#31a354", "#756bb1", "#e6550d", "#3182bd", "#969696")
+from . import theme
+from .common import Dashboard, html_widget, plural
 
 
 class TrainingMonitor(Dashboard, Callback):
@@ -30,14 +29,15 @@ class TrainingMonitor(Dashboard, Callback):
         super().__init__(interactive)
         import ipywidgets as w
 
-        self.status = w.HTML("waiting for the trainer")
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.65, 0.35], specs=[[{}, {"secondary_y": True}]],
-                            subplot_titles=("Loss (nats per token)", "MTP weight lambda and learning rate"))
+        self.status = html_widget("waiting for the trainer")
+        fig = theme.subplots(rows=1, cols=2, column_widths=[0.65, 0.35], specs=[[{}, {"secondary_y": True}]],
+                             subplot_titles=("Loss (nats per token)", "MTP weight lambda and learning rate"))
         fig.update_xaxes(title_text="step")
+        fig.update_yaxes(title_text="loss", row=1, col=1)
         fig.update_yaxes(title_text="lambda", rangemode="tozero", row=1, col=2)
         fig.update_yaxes(title_text="learning rate", secondary_y=True, row=1, col=2)
-        fig.update_layout(width=FIG_WIDTH, height=420, margin=dict(t=50, l=50, r=50, b=40),
-                          legend=dict(font=dict(size=10), orientation="h", y=-0.22, x=0))
+        fig.update_layout(height=theme.height(440), margin=theme.margin(t=50, l=60, r=60, b=40),
+                          legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
         self.fig = self.new_figure(fig)
         self._lock = threading.Lock()
         self.clear()
@@ -60,16 +60,14 @@ class TrainingMonitor(Dashboard, Callback):
         self.depth = depth
         self.fig.data = []
         add = self.fig.add_scatter
-        add(name="total (backprop)", mode="lines", line=dict(color="#bdbdbd"), row=1, col=1)
-        add(name="main L_main", mode="lines", line=dict(color="#de2d26"), row=1, col=1)
+        add(name="total (backprop)", mode="lines", line=theme.line("muted"), row=1, col=1)
+        add(name="main L_main", mode="lines", line=theme.line("main"), row=1, col=1)
         for k in range(1, depth + 1):
-            add(name=f"depth {k} L^{k}", mode="lines", line=dict(color=DEPTH_COLORS[(k - 1) % 5]), row=1, col=1)
-        add(name="val main", mode="markers", marker=dict(color="#de2d26", size=9, symbol="diamond"), row=1, col=1)
-        for k in range(1, depth + 1):
-            add(name=f"val depth {k}", mode="markers", marker=dict(color=DEPTH_COLORS[(k - 1) % 5], size=9,
-                                                                   symbol="diamond"), row=1, col=1)
-        add(name="lambda", mode="lines", line=dict(color="#3182bd", shape="hv"), row=1, col=2)
-        add(name="learning rate", mode="lines", line=dict(color="#fd8d3c", dash="dot"), row=1, col=2,
+            add(name=f"depth {k} L^{k}", mode="lines", line=theme.line(f"depth {k}"), row=1, col=1)
+        for name, color in [("val main", "main")] + [(f"val depth {k}", f"depth {k}") for k in range(1, depth + 1)]:
+            add(name=name, mode="markers", marker=theme.marker(color, 10, symbol="diamond"), row=1, col=1)
+        add(name="lambda", mode="lines", line=theme.line("lambda", shape="hv"), row=1, col=2)
+        add(name="learning rate", mode="lines", line=theme.line("learning rate", dash="dot"), row=1, col=2,
             secondary_y=True)
 
     # -- Callback ----------------------------------------------------------------------------------
@@ -123,10 +121,10 @@ class TrainingMonitor(Dashboard, Callback):
             for tr in self.fig.data:
                 tr.x, tr.y = data[tr.name]
         depth = " ".join(f"L^{k} {v:.3f}" for k, v in enumerate(last.depth, start=1))
-        speed = last.tokens / last.elapsed if last.elapsed > 0 else float("nan")
+        speed = f" ({last.tokens / last.elapsed:,.0f} tokens/s)" if last.elapsed > 0 else ""
         self.status.value = (f"step {last.step}/{total or '?'} · loss {last.loss:.3f} · main {last.main:.3f} · "
-                             f"{depth} · lambda {last.lam:g} · lr {last.lr:.2e} · {last.tokens:,} tokens in "
-                             f"{last.elapsed:.0f} s ({speed:,.0f} tokens/s)")
+                             f"{depth} · lambda {last.lam:g} · lr {last.lr:.2e} · {plural(last.tokens, 'token')} in "
+                             f"{last.elapsed:.0f} s{speed}")
 
     def replay(self, records: list[StepRecord], evals: list[tuple[int, dict]] = ()) -> None:
         """Show a finished run (e.g. a `mtp_lab.train.History`'s steps and evals) at once."""
@@ -141,3 +139,22 @@ class TrainingMonitor(Dashboard, Callback):
 def training_monitor(interactive: bool | None = None) -> TrainingMonitor:
     """A live training plot to pass to `Trainer(..., callbacks=[monitor])`; display it before fit()."""
     return TrainingMonitor(interactive)
+
+
+def loss_curves(runs: dict, height: int = 360) -> go.Figure:
+    """Training loss per step of several runs ({label: mtp_lab.train.History}) in one static figure: each
+    run's main loss in the main colour and its depth-k losses in depth k's colour (as in the training
+    monitor), one dash style per run."""
+    dashes = ("solid", "dash", "dot", "dashdot")
+    fig = go.Figure()
+    for i, (label, hist) in enumerate(runs.items()):
+        steps, dash = [r.step for r in hist.steps], dashes[i % len(dashes)]
+        fig.add_scatter(x=steps, y=[r.main for r in hist.steps], name=f"main, {label}", mode="lines",
+                        line=theme.line("main", dash=dash))
+        depth = len(hist.steps[0].depth) if hist.steps else 0
+        for k in range(1, depth + 1):
+            fig.add_scatter(x=steps, y=[r.depth[k - 1] for r in hist.steps], name=f"depth {k}, {label}",
+                            mode="lines", line=theme.line(f"depth {k}", dash=dash))
+    fig.update_layout(xaxis_title="step", yaxis_title="training loss (nats per token)",
+                      margin=theme.margin(t=30, l=60), legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
+    return theme.apply(fig, height)

@@ -20,9 +20,6 @@
 # for the repository URL). Locally, `pip install -e .` in the repository root is all you need.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 import torch
 
 from mtp_lab.course import check, environment_report
@@ -55,8 +52,7 @@ device = environment_report()
 #
 # The package's model follows this exactly. Let's build a tiny untrained one and look at the shapes.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import MTPModel, get_preset
 
 torch.manual_seed(0)
@@ -76,8 +72,7 @@ print("parameters       ", model.parameter_counts())
 #
 # Here is the same picture on real words: which token each stage predicts at each position.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 words = ["def", "add", "(", "a", ",", "b", ")", ":", "return", "a", "+", "b"]
 print(f"{'i':>2} {'reads up to':>12} {'main ->':>8} {'depth 1 ->':>11} {'depth 2 ->':>11}")
 for i in range(len(words) - 3):
@@ -149,16 +144,14 @@ check("mtp_share", mtp_share)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def target_index(i, k):
     return i + k + 1
 
 
 check("target_index", target_index)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 mtp_share = 14 / (671 + 14)
 
 check("mtp_share", mtp_share)

@@ -10,9 +10,6 @@
 # **Time:** about 20 minutes; the notebook runs in about 10 s on 2 CPU cores.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 import torch
 
 from mtp_lab.course import check, environment_report
@@ -26,8 +23,7 @@ device = environment_report()
 # its tokenizer. The model is DeepSeek-V3's architecture at toy scale: dense SwiGLU blocks instead of MoE, ordinary
 # multi-head attention instead of MLA, and $D = 2$ MTP modules.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import load_pretrained
 
 model, tokenizer = load_pretrained(device=device)
@@ -41,8 +37,7 @@ print(model.parameter_counts())
 # from the training files. Any string round-trips exactly; frequent Python fragments (`self`, `return`, runs of
 # indentation) become few tokens: the list below shows how this line is split, spaces included.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 text = "    def __init__(self, name):\n        self.name = name\n"
 ids = tokenizer.encode(text).ids
 print(len(text), "characters ->", len(ids), "tokens")
@@ -61,8 +56,7 @@ print("round trip exact:", tokenizer.decode(ids) == text)
 #
 # We run the stages by hand and compare with the model's own forward.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 tokens = torch.tensor([ids], device=device)                 # (B, T)
 with torch.no_grad():
     x = model.embed(tokens)                                  # (B, T, C)
@@ -80,10 +74,10 @@ with torch.no_grad():
 # At every position the model assigns a probability to each of the 2048 tokens. Here is what it expects after the
 # whole snippet, and its top guess at each position against what actually came next.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 probs = logits[0, -1].softmax(-1)
-print("after the snippet:", [(tokenizer.decode([t]), round(probs[t].item(), 3)) for t in probs.topk(5).indices.tolist()])
+top5 = probs.topk(5).indices.tolist()
+print("after the snippet:", [(tokenizer.decode([t]), round(probs[t].item(), 3)) for t in top5])
 guess = logits[0, :-1].argmax(-1)                            # prediction for t_{i+1} at position i
 for i in range(len(ids) - 1):
     mark = "ok" if guess[i] == ids[i + 1] else "  "
@@ -94,8 +88,7 @@ for i in range(len(ids) - 1):
 # The cross-entropy of the snippet is the average of $-\log p(t_{i+1})$ over positions, the quantity training
 # minimises:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 import torch.nn.functional as F
 
 loss = F.cross_entropy(logits[0, :-1], tokens[0, 1:])
@@ -110,8 +103,7 @@ print(f"cross-entropy {loss.item():.3f} nats per token, perplexity {loss.exp().i
 # instead of the whole model. How often is each right on a longer piece of code? (How close the modules come to the
 # main model decides how useful they are as drafters, notebook 06.)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 code = '''def mean(values):
     """Return the arithmetic mean of a non-empty list of numbers."""
     if not values:
@@ -195,16 +187,14 @@ check("block_params", block_params)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def greedy_next(logits):
     return logits[:, -1].argmax(-1)
 
 
 check("greedy_next", greedy_next)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def block_params(d_model, d_ff):
     attention = 4 * d_model * d_model          # wq, wk, wv, wo
     swiglu = 3 * d_model * d_ff                # w1, w3, w2

@@ -10,9 +10,6 @@
 # **Time:** about 20 minutes; the notebook runs in about 20 s on 2 CPU cores.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 import torch
 
 from mtp_lab.course import check, environment_report
@@ -43,8 +40,7 @@ g = torch.rand(16) + 0.5                # the gain, one per channel
 # Now the package's version (the one every block and MTP module uses) and PyTorch's own `torch.nn.RMSNorm`, loaded
 # with the same gain. All three must agree.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import RMSNorm
 
 ours = RMSNorm(16, eps=1e-6)
@@ -66,8 +62,7 @@ print("inline == torch.nn.RMSNorm:", torch.allclose(y_inline, y_torch, atol=1e-6
 #    grow through the layers without the next block's input growing with it.
 # 3. **No shift invariance:** adding a constant to every channel changes the output (LayerNorm would remove it).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 unit = torch.ones(16)
 y = rms_norm_inline(x, unit)
 print("RMS per token after RMSNorm:", y.pow(2).mean(-1).sqrt()[0].numpy().round(4))
@@ -82,8 +77,7 @@ print("RMSNorm(x + 3) == RMSNorm(x):", torch.allclose(rms_norm_inline(x + 3, uni
 # avoid a division by zero: it stops a near-zero vector (noise) from being blown up to unit size. The course
 # model uses $\epsilon = 10^{-6}$, so the knee sits at $r = 10^{-3}$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for r in (1.0, 1e-2, 1e-3, 1e-4, 1e-6):
     v = torch.full((1, 16), r)
     out_rms = rms_norm_inline(v, unit, eps=1e-6).pow(2).mean().sqrt().item()
@@ -96,8 +90,7 @@ for r in (1.0, 1e-2, 1e-3, 1e-4, 1e-6):
 # mixed precision. `mtp_lab.RMSNorm` casts to fp32 inside and back at the end, as DeepSeek-V3 keeps its
 # normalisations in higher precision (notebook 05). Compare both against an fp32 reference:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 xb = (torch.randn(4, 64, 256) * 20).to(torch.bfloat16)
 reference = rms_norm_inline(xb.float(), torch.ones(256))
 err_bf16 = (rms_norm_inline(xb, torch.ones(256, dtype=torch.bfloat16)).float() - reference).abs().mean().item()
@@ -113,8 +106,7 @@ print("package (fp32 inside) closer to the fp32 reference than all-bf16:", err_p
 # less, no bias), which works as well in practice for LLMs and is what DeepSeek-V3 (and LLaMA, Qwen, ...) use.
 # The two agree exactly when the vector already has zero mean:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 import torch.nn.functional as F
 
 centred = x - x.mean(-1, keepdim=True)
@@ -129,8 +121,7 @@ print("equal on x - mean(x):", torch.allclose(F.layer_norm(centred, (16,)), rms_
 # **five**: `enorm` (on the embedding of $t_{i+k}$), `hnorm` (on the previous hidden state), its block's two, and
 # `shared_head.norm` before the shared output head. The names are the ones in DeepSeek-V3's checkpoint.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import MTPModel, get_preset
 
 model = MTPModel(get_preset("course"))
@@ -147,7 +138,6 @@ print(len(names), "RMSNorms;", "MTP module 1 has:", [n for n in names if n.start
 # why each gets its own norm; the learned gains differ per channel. Type a prompt, pick a norm, move `eps`.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab import load_pretrained
 from mtp_lab.viz import rmsnorm_dashboard
 
@@ -199,16 +189,14 @@ check("layernorm", my_layernorm)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def my_rmsnorm(x, weight, eps):
     return weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
 check("rmsnorm", my_rmsnorm)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def my_layernorm(x, eps):
     mu = x.mean(-1, keepdim=True)
     var = x.var(-1, unbiased=False, keepdim=True)    # LayerNorm divides by n, not n - 1

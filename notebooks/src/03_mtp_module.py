@@ -12,9 +12,6 @@
 # **Time:** about 30 minutes; the notebook runs in about 20 s on 2 CPU cores.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 import torch
 
 from mtp_lab.course import check, environment_report
@@ -37,8 +34,7 @@ device = environment_report()
 # We recompute everything by hand on the course-sized architecture (the `course` preset: its width $d$ and $D = 2$
 # are printed with the shapes below; random weights are enough for shapes and equality).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import MTPModel, get_preset
 
 torch.manual_seed(0)
@@ -58,8 +54,7 @@ print("tokens", tuple(tokens.shape), " main logits", tuple(logits.shape), " h0",
 # main model was asked to predict at position $i$; it can use it because at inference that token is already
 # known (it was just sampled), and the module's job is the token after it.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 k = 1
 mod = model.mtp[k - 1]
 h_in = h0[:, :T - k]                       # (B, T-k, C): h^0_i for i = 0..T-k-1
@@ -75,8 +70,7 @@ print("position 0 pairs h_0 with token", tok_in[0, 0].item(), "= tokens[0, 1] ="
 # every engine that loads it (vLLM, SGLang, Megatron-Core), puts the **embedding first**: `eh_proj(cat[enorm(e),
 # hnorm(h)])`.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     e = model.embed(tok_in)                                          # (B, T-k, C)  Emb(t_{i+k})
     both = torch.cat([mod.enorm(e), mod.hnorm(h_in)], dim=-1)        # (B, T-k, 2C) [e; h]
@@ -89,8 +83,7 @@ print("cat", tuple(both.shape), " eh_proj.weight", tuple(mod.eh_proj.weight.shap
 # One transformer block (causal over the $T-k$ positions), then the module's own final norm (`shared_head.norm`)
 # and the **main model's** output head. We compare with the logits the package computed in its full forward.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     h1 = mod.block(h_prime)                                          # (22) (B, T-k, C)
     h1_norm = mod.shared_head.norm(h1)
@@ -104,8 +97,7 @@ print("by hand == model(tokens).mtp_logits[0]:", torch.allclose(logits1, out.mtp
 # Module 2 takes module 1's state (after its `shared_head.norm`, see below), drops one more position, and embeds
 # $t_{i+2}$. The chain is **causal**: depth 2 builds on what depth 1 computed, unlike independent extra heads.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with torch.no_grad():
     logits2, _ = model.forward_mtp(2, h1_norm[:, :-1], tokens[:, 2:])
 print("depth-2 logits", tuple(logits2.shape), " == model(tokens).mtp_logits[1]:",
@@ -119,8 +111,7 @@ print("depth-2 logits", tuple(logits2.shape), " == model(tokens).mtp_logits[1]:"
 # $t_j$ through attention or the embedded token), never earlier ones. We change token 6 and list which depth-1
 # positions move.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 changed = tokens.clone()
 changed[0, 6] = (changed[0, 6] + 1) % model.config.vocab_size
 with torch.no_grad():
@@ -136,8 +127,7 @@ print("position 5 embeds t_6 and predicts t_7; positions 0..4 cannot see t_6")
 # model trained with one order is the same function as one trained with the other and its $M_k$'s halves swapped.
 # To **load DeepSeek-V3's weights** (or vLLM/SGLang's layout) you must use $[e; h]$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 W = mod.eh_proj.weight                                     # (C, 2C): columns 0..C-1 act on enorm(e)
 C = W.shape[0]
 W_report = torch.cat([W[:, C:], W[:, :C]], dim=1)          # the same matrix for the report's [h; e] order
@@ -162,8 +152,7 @@ print("[h; e] with the checkpoint's M_k == [e; h]:", torch.allclose(wrong_order,
 # the residual stream's RMS is small at initialisation, so $\epsilon = 10^{-6}$ is not negligible next to its square):
 # equal at a tolerance of $10^{-3}$, not bit for bit. With a trained $g$ they are different functions.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 pre_norm_model = MTPModel(get_preset("course", mtp_input_norm=False)).eval()
 pre_norm_model.load_state_dict(model.state_dict())         # same weights, only the wiring differs
 with torch.no_grad():
@@ -186,8 +175,7 @@ with torch.no_grad():
 # The MTP loss also reaches the main model's blocks, through $h^0$: that is how MTP improves the main model even
 # when the modules are thrown away after training.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("parameters of MTP module 1:", sorted({n.split(".")[0] for n, _ in model.mtp[0].named_parameters()}))
 print("split:", model.parameter_counts())
 model.zero_grad()
@@ -202,7 +190,6 @@ print("depth-1 loss sends gradients to:", grads)
 # parameter count, and move the sliders to change the batch size and sequence length.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab.viz import architecture_view
 
 architecture_view(model, seq_len=T)
@@ -253,8 +240,7 @@ check("mtp_combine", mtp_combine)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def mtp_inputs(h, tokens, k):
     T = tokens.shape[1]
     return h[:, :T - k], tokens[:, k:]
@@ -262,8 +248,7 @@ def mtp_inputs(h, tokens, k):
 
 check("mtp_inputs", mtp_inputs)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def mtp_combine(module, emb, h_prev):
     return module.eh_proj(torch.cat([module.enorm(emb), module.hnorm(h_prev)], dim=-1))
 

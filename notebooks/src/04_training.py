@@ -12,9 +12,6 @@
 # was trained with the same `Trainer` for much longer: `mtp-lab train --preset course`).
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 import torch
 
 from mtp_lab.course import check, environment_report
@@ -29,8 +26,7 @@ device = environment_report()
 # = `y[:, i+k]`, and it has only $T-k$ positions, so its targets are **`y[:, k:]`**. Here with token ids that equal
 # their positions, so every alignment is visible:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import MTPModel, get_preset
 
 torch.manual_seed(0)
@@ -54,8 +50,7 @@ for k, logits_k in enumerate(out.mtp_logits, start=1):
 # $T-k$ predicted positions **divided by $T$**; and $\mathcal{L}_{\mathrm{MTP}} = \frac{\lambda}{D}\sum_k
 # \mathcal{L}^k$, added to the main loss. By hand, on random logits:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 import torch.nn.functional as F
 
 from mtp_lab import mtp_loss
@@ -71,7 +66,8 @@ depth = [F.cross_entropy(lg.flatten(0, 1), y[:, k:].flatten(), reduction="sum") 
 main = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
 total = main + lam / D * sum(depth)                                                        # (25)
 parts = mtp_loss(out, y, lam)
-print(f"by hand : main {main.item():.4f}  L^1 {depth[0].item():.4f}  L^2 {depth[1].item():.4f}  total {total.item():.4f}")
+print(f"by hand : main {main.item():.4f}  L^1 {depth[0].item():.4f}  L^2 {depth[1].item():.4f}  "
+      f"total {total.item():.4f}")
 print(f"mtp_loss: main {parts.main.item():.4f}  L^1 {parts.depth[0].item():.4f}  L^2 {parts.depth[1].item():.4f}  "
       f"total {parts.total.item():.4f}")
 
@@ -79,8 +75,7 @@ print(f"mtp_loss: main {parts.main.item():.4f}  L^1 {parts.depth[0].item():.4f} 
 # Dividing by $T$ rather than $T-k$ weights depth $k$ by $(T-k)/T$: negligible for long windows, visible for short
 # ones. `mtp_loss(..., normalize="mean")` gives the plain average over the $T-k$ positions if you prefer it:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 mean_parts = mtp_loss(out, y, lam, normalize="mean")
 for k in (1, 2):
     ratio = parts.depth[k - 1] / mean_parts.depth[k - 1]
@@ -93,8 +88,7 @@ for k in (1, 2):
 # early, then mostly the main objective. `mtp_lambda(progress)` implements it; the `Trainer` uses it unless you fix
 # $\lambda$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import mtp_lambda
 
 for progress in (0.0, 0.5, 0.675, 0.676, 1.0):
@@ -111,8 +105,7 @@ for progress in (0.0, 0.5, 0.675, 0.676, 1.0):
 # 0.1 (at 10/14.8 of the run). That is the objective's weight changing, not learning: the main and depth-1 curves
 # do not jump there.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab.data import DEFAULT_TOKENIZER, build_corpus, list_files, split_files
 
 groups = split_files(list_files())
@@ -120,7 +113,8 @@ corpus = build_corpus(DEFAULT_TOKENIZER, files=groups["train"][:24] + groups["va
 print({split: len(stream) for split, stream in corpus.splits.items()}, "tokens per split")
 
 # %%
-# NBVAL_IGNORE_OUTPUT
+from IPython.display import display
+
 from mtp_lab.train import History, TrainConfig, Trainer
 from mtp_lab.viz import training_monitor
 
@@ -136,12 +130,10 @@ evals = trainer.fit()                 # (step, validation result) pairs; the mon
 # And the same run without MTP ($D = 0$): the same seed, the same batches, only the objective differs.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 without_mtp = History()
 evals_d0 = Trainer(small.replace(mtp_depth=0), train_cfg, corpus, callbacks=[without_mtp], device=device).fit()
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for name, hist in (("with MTP   ", with_mtp), ("without MTP", without_mtp)):
     step, result = hist.evals[-1]
     depth = f", depth-1 val loss {result['depth'][0]:.2f}" if result["depth"] else ""
@@ -151,14 +143,9 @@ for name, hist in (("with MTP   ", with_mtp), ("without MTP", without_mtp)):
 # The loss curves of both runs, step by step (main loss, and the depth-1 loss $\mathcal{L}^1$ of the MTP run):
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-import plotly.graph_objects as go
+from mtp_lab.viz import loss_curves
 
-curves = [("main, with MTP", with_mtp, lambda r: r.main), ("depth 1, with MTP", with_mtp, lambda r: r.depth[0]),
-          ("main, without MTP", without_mtp, lambda r: r.main)]
-go.Figure([go.Scatter(x=[r.step for r in hist.steps], y=[value(r) for r in hist.steps], name=name)
-           for name, hist, value in curves]).update_layout(xaxis_title="step", yaxis_title="training loss (nats)",
-                                                            height=350)
+loss_curves({"with MTP": with_mtp, "without MTP": without_mtp})
 
 # %% [markdown]
 # After 40 tiny steps the two main losses are about the same, and the depth-1 loss is close to the main loss: a run
@@ -211,16 +198,14 @@ check("depth_loss", depth_loss)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def mtp_targets(targets, k):
     return targets[:, k:]
 
 
 check("mtp_targets", mtp_targets)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def depth_loss(logits_k, targets, k):
     B, T = targets.shape
     V = logits_k.shape[-1]

@@ -16,9 +16,6 @@
 # FP8 GEMMs.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 import torch
 
 from mtp_lab.course import check, environment_report
@@ -32,8 +29,7 @@ device = environment_report()
 # **E5M2** has more range. Earlier FP8 training used E4M3 forward and E5M2 for gradients; DeepSeek-V3 uses **E4M3 for
 # every GEMM input** and gets the range from scaling instead. Every number below is read from `torch.finfo`.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import FORMATS
 
 for f in FORMATS.values():
@@ -44,8 +40,7 @@ for f in FORMATS.values():
 # What a plain cast does at the edges: E4M3 has no infinity and PyTorch's cast **saturates** (449, a million and
 # even inf become 448); E5M2 sends large values to inf. And the typical relative error of rounding `randn` values:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 big = torch.tensor([300.0, 449.0, 1e6, float("inf")])
 print("e4m3:", big.to(torch.float8_e4m3fn).float().tolist())
 print("e5m2:", big.to(torch.float8_e5m2).float().tolist())
@@ -67,8 +62,7 @@ for name, f in FORMATS.items():
 # tiles** for activations (per token, per 128 channels) and **128x128 blocks** for weights. Below: activations with
 # one outlier channel, from 10x to 100 000x larger than the rest, and the error on the ordinary values.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import dequantize, quantize
 
 ordinary = torch.ones(32, 512, dtype=torch.bool)
@@ -93,8 +87,7 @@ print("tile scales for (32, 512) activations:", tuple(quantize(acts, "e4m3", "ti
 # Weights are quantized per 128x128 block, which keeps
 # the scales cheap (one per block) while still adapting to different regions of the matrix:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 W = torch.randn(300, 200, generator=torch.Generator().manual_seed(2)) * 0.02   # (out, in), not multiples of 128
 qw, sw = quantize(W, "e4m3", "block")
 print("weight", tuple(W.shape), "-> block scales", tuple(sw.shape), "(shapes padded to 128 for the scale only)")
@@ -107,8 +100,7 @@ print("relative error:", round(((dequantize(qw, sw, "block") - W).norm() / W.nor
 # blocks, each 128-wide chunk of $K$ multiplied in FP8 and scaled by its two scales, the partial results summed in
 # FP32. Its error against the FP32 product comes only from rounding the inputs:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import fp8_matmul
 
 a = torch.randn(64, 1024, generator=torch.Generator().manual_seed(3))
@@ -126,8 +118,7 @@ print("fp8_matmul relative error vs fp32:", round(((fp8_matmul(a, b) - exact).no
 #
 # $$S_g = \mathrm{trunc}_{14}\Big(S_{g-1} + \sum_{j \in \text{slice } g} a_j b_j\Big)$$
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import accumulation_error_vs_k
 
 print("    K   14-bit all K   promoted every 128   fp32 chunks < 1e-6")
@@ -149,8 +140,7 @@ for row in accumulation_error_vs_k(ks=(128, 512, 1024, 4096), m=16, n=16):
 # gradient $dW = dy^\top x$) all take E4M3 inputs. Master weights and gradients stay in FP32 (the report keeps AdamW
 # moments in BF16). It shares the original layer's parameters, so swapping it in changes nothing else:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import FP8Linear
 
 torch.manual_seed(0)
@@ -160,7 +150,12 @@ x = torch.randn(8, 512, requires_grad=True)
 y_ref, y_fp8 = linear(x), fp8(x)
 (dx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
 (dx_fp8,) = torch.autograd.grad(y_fp8.square().sum(), x)
-rel = lambda u, v: round(((u - v).norm() / v.norm()).item(), 3)
+
+
+def rel(u, v):
+    return round(((u - v).norm() / v.norm()).item(), 3)
+
+
 print("same Parameter object:", fp8.weight is linear.weight)
 print("relative error: output", rel(y_fp8, y_ref), " input gradient", rel(dx_fp8, dx_ref))
 
@@ -176,8 +171,7 @@ print("relative error: output", rel(y_fp8, y_ref), " input gradient", rel(dx_fp8
 # SGLang load it as a plain linear). The package follows the checkpoint; `apply_fp8_recipe(model, "mtp",
 # eh_proj_fp8=True)` follows the report.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import MTPModel, apply_fp8_recipe, get_preset
 
 model = MTPModel(get_preset("course"))
@@ -197,7 +191,6 @@ print("still high precision:", type(model.embed).__name__, type(model.head).__na
 # CPUs; `mtp-lab fp8-bench` runs the longer BF16-vs-FP8 comparison on the course model.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab.data import DEFAULT_TOKENIZER, build_corpus, list_files, split_files
 from mtp_lab.train import History, TrainConfig, Trainer
 
@@ -213,8 +206,7 @@ for recipe in ("none", "all"):
 for recipe, hist in runs.items():
     print(f"fp8={recipe:4s}: training loss per step", [round(r.loss, 3) for r in hist.steps[::3]])
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 final = {recipe: hist.evals[-1][1]["main"] for recipe, hist in runs.items()}
 rel = abs(final["all"] - final["none"]) / final["none"]
 print(f"validation main loss: FP32 {final['none']:.2f}, FP8 {final['all']:.2f}")
@@ -228,7 +220,6 @@ print("relative difference below 1%:", rel < 0.01)
 # prompt, and the accumulation error against $K$ with adjustable accumulator bits and promotion interval.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab import load_pretrained
 from mtp_lab.viz import fp8_explorer
 
@@ -278,8 +269,7 @@ check("fake_quant", fake_quant)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 import torch.nn.functional as F
 
 
@@ -292,8 +282,7 @@ def tile_scales(x):
 
 check("tile_scales", tile_scales)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def fake_quant(x):
     s = tile_scales(x).repeat_interleave(128, dim=1)[:, :x.shape[1]]  # one scale per element
     return (x / s).to(torch.float8_e4m3fn).float() * s

@@ -12,9 +12,6 @@
 # **Time:** about 40 minutes; the notebook runs in about 30 s on 2 CPU cores.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 import torch
 
 from mtp_lab.course import check, environment_report
@@ -37,8 +34,7 @@ device = environment_report()
 # Each step therefore emits between 1 and $k+1$ tokens for **one** main-model forward. We use the shipped course
 # model (trained in notebook 04's recipe on the Python standard library).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import load_pretrained
 
 model, tokenizer = load_pretrained(device=device)
@@ -53,8 +49,7 @@ print(len(prompt), "prompt tokens")
 # At temperature 0 a draft is kept exactly when it equals the main model's argmax at that position. Every emitted
 # token is therefore the main model's own greedy choice: the output is **identical** to plain greedy decoding.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab.decoding import generate, speculative_generate
 
 plain = generate(model, prompt, max_new_tokens=48)
@@ -77,11 +72,14 @@ print(tokenizer.decode(prompt + spec.tokens))
 # `speculative_steps` runs the same engine but yields one event per main-model forward: what was drafted, what the
 # main model wanted, what was kept. Step 0 is the prefill (no drafts). Here with $k = 2$ drafts per step:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab.decoding import speculative_steps
 
-show = lambda ids: [tokenizer.decode([i]) for i in ids]
+
+def show(ids):
+    return [tokenizer.decode([i]) for i in ids]
+
+
 for step in speculative_steps(model, prompt, max_new_tokens=12, num_draft=2):
     if step.index == 0:
         continue
@@ -106,8 +104,7 @@ for step in speculative_steps(model, prompt, max_new_tokens=12, num_draft=2):
 # $p$ only because a $q$ closer to $p$ is accepted more often. Here are $p$ and $q$ at one real position,
 # temperature 1:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab.sampling import SamplingParams
 
 params = SamplingParams(temperature=1.0)
@@ -127,8 +124,7 @@ print(f"P(draft accepted) = sum min(p, q) = {torch.minimum(p, q).sum().item():.3
 # these $p$ and $q$ and compare the histogram of emitted tokens with $p$. As a yardstick, the distance between two
 # independent sets of 20 000 samples from $p$ itself shows the sampling noise.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab.decoding import speculative_accept
 
 gen = torch.Generator(device=p.device).manual_seed(0)
@@ -141,7 +137,12 @@ for x in drafts:
 emitted = torch.tensor(emitted)
 empirical = torch.bincount(emitted, minlength=p.numel()).float() / N
 noise = torch.bincount(torch.multinomial(p, N, replacement=True, generator=gen), minlength=p.numel()).float() / N
-tv = lambda a, b: 0.5 * (a - b).abs().sum().item()
+
+
+def tv(a, b):
+    return 0.5 * (a - b).abs().sum().item()
+
+
 print(f"TV(q, p)                   = {tv(q, p):.3f}   (the drafter alone)")
 print(f"TV(speculative output, p)  = {tv(empirical, p):.3f}")
 print(f"TV(fresh samples of p, p)  = {tv(noise, p):.3f}   (sampling noise at N = {N})")
@@ -161,7 +162,6 @@ print(f"TV(fresh samples of p, p)  = {tv(noise, p):.3f}   (sampling noise at N =
 # drafter (MTP or n-gram) or switch on the FP8 drafter, and the run restarts.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab.viz import speculative_dashboard
 
 speculative_dashboard(model, tokenizer, prompt="def read_file(path):\n    with open(path) as f:\n")
@@ -172,7 +172,6 @@ speculative_dashboard(model, tokenizer, prompt="def read_file(path):\n    with o
 # why); on a GPU with a large model, drafts are nearly free.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab.viz import speculative_race
 
 speculative_race(model, tokenizer, prompt="def read_file(path):\n    with open(path) as f:\n")
@@ -232,16 +231,14 @@ check("greedy_accepted", greedy_accepted)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def accept_prob(p, q, x):
     return min(1.0, (p[x] / q[x]).item())
 
 
 check("accept_prob", accept_prob)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def residual(p, q):
     r = (p - q).clamp(min=0)
     return r / r.sum()
@@ -249,11 +246,10 @@ def residual(p, q):
 
 check("residual", residual)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def greedy_accepted(draft, target):
     n = 0
-    for d, t in zip(draft, target):
+    for d, t in zip(draft, target, strict=False):
         if d != t:
             break
         n += 1

@@ -14,9 +14,6 @@
 # held-out snippets; raise `N_PROMPTS` and `NEW_TOKENS` for tighter numbers).
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 import torch
 
 from mtp_lab.course import check, environment_report
@@ -29,8 +26,7 @@ device = environment_report()
 # Prompts come from the **test split** of the corpus (files the model never trained on), once as source code and
 # once as the same files' docstrings. Each prompt is the first 32 tokens of a document.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import load_pretrained
 from mtp_lab.data import documents, list_files, split_files
 
@@ -87,8 +83,7 @@ def measure(prompts, num_draft=1, new_tokens=NEW_TOKENS, **kwargs):
 # cycles back to module 1 (`step % num_mtp_layers`), vLLM V1's proposer uses module 1 for every draft, and SGLang
 # accepts only one module.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 sweep = {k: measure(code_prompts, num_draft=k) for k in (1, 2, 3, 4)}
 alpha = sweep[1]["rate"]
 print(f"alpha (k = 1) = {alpha:.3f}")
@@ -112,7 +107,6 @@ for k, m in sweep.items():
 # per-position rates, the conditional acceptance) above.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 import plotly.graph_objects as go
 
 ks = list(sweep)
@@ -132,8 +126,7 @@ fig
 # differ). The two states differ only by the module's final-norm gain, since `hnorm` normalises again, so expect
 # few drafts to change: the last line counts them, so that equal numbers do not look like a broken switch.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab.decoding import speculative_steps
 from mtp_lab.drafters import MTPDrafter
 
@@ -142,7 +135,8 @@ for recycle in ("post_norm", "pre_norm"):
     m = measure(code_prompts, num_draft=4, drafter=MTPDrafter(model, recycle=recycle))
     print(f"recycle {recycle:9s}: tau {m['tau']:.3f}, per position {[round(r, 3) for r in m['per_position']]}")
     drafts[recycle] = {(i, s.position): s.draft_tokens for i, p in enumerate(code_prompts)
-                       for s in speculative_steps(model, p, NEW_TOKENS, num_draft=4, drafter=MTPDrafter(model, recycle=recycle))
+                       for s in speculative_steps(model, p, NEW_TOKENS, num_draft=4,
+                                                  drafter=MTPDrafter(model, recycle=recycle))
                        if s.draft_tokens}
 common = drafts["post_norm"].keys() & drafts["pre_norm"].keys()       # steps that start at the same position in both
 differ = sum(drafts["post_norm"][key] != drafts["pre_norm"][key] for key in common)
@@ -157,8 +151,7 @@ print(f"steps starting at the same position in both runs: {len(common)}; their 4
 # first things to check when comparing acceptance numbers (DeepSeek did not state the temperature behind its
 # 85-90%). Sampled runs use a fixed seed.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for temperature in (0.0, 0.7, 1.0):
     m = measure(code_prompts, num_draft=1, temperature=temperature, seed=0)
     print(f"temperature {temperature}: acceptance rate {m['rate']:.3f}, tau {m['tau']:.3f}")
@@ -169,8 +162,7 @@ for temperature in (0.0, 0.7, 1.0):
 # `fp8_drafter=True` drafts with a copy whose MTP modules run in simulated FP8 (notebook 05's recipe) while the main
 # model verifies in full precision, so the output is unchanged; only acceptance can move.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 full, fp8 = measure(code_prompts), measure(code_prompts, fp8_drafter=True)
 print(f"full-precision drafter: acceptance {full['rate']:.3f}")
 print(f"FP8 drafter           : acceptance {fp8['rate']:.3f}")
@@ -182,11 +174,11 @@ print(f"FP8 drafter           : acceptance {fp8['rate']:.3f}")
 # identifiers; docstrings are English prose full of stock phrases. Which one is easier to draft depends on the model
 # and the text: measure it rather than assume it. The same held-out files, as code and as their docstrings:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for name, prompts in (("code", code_prompts), ("docstrings", doc_prompts)):
     m = measure(prompts, num_draft=2)
-    print(f"{name:10s}: acceptance {m['rate']:.3f}, tau {m['tau']:.3f}, per position {[round(r, 3) for r in m['per_position']]}")
+    per_position = [round(r, 3) for r in m["per_position"]]
+    print(f"{name:10s}: acceptance {m['rate']:.3f}, tau {m['tau']:.3f}, per position {per_position}")
 
 # %% [markdown]
 # ## Experiment 5: MTP vs an n-gram drafter
@@ -196,8 +188,7 @@ for name, prompts in (("code", code_prompts), ("docstrings", doc_prompts)):
 # occurred before (its acceptance rate counts only the drafts it made). The MTP module guesses from the model's
 # hidden state at every step.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for drafter in ("mtp", "ngram"):
     m = measure(code_prompts, num_draft=2, drafter=drafter)
     print(f"{drafter:5s}: acceptance {m['rate']:.3f}, tau {m['tau']:.3f}")
@@ -215,8 +206,7 @@ for drafter in ("mtp", "ngram"):
 # drafter below uses them (`draft_model`) while the same main model verifies, so the output is the same and only
 # acceptance moves.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 undistilled, _ = load_pretrained(device=device, mtp="undistilled")
 for new_tokens in (NEW_TOKENS, 128):
     for label, drafter in (("MTP loss only      ", MTPDrafter(model, draft_model=undistilled)),
@@ -228,7 +218,8 @@ import json
 from mtp_lab.checkpoint import PRETRAINED_DIR
 
 card = json.loads((PRETRAINED_DIR / "metrics.json").read_text())      # the model card's measurement
-print(f"model card (8 test prompts of 64 tokens, 128 new): MTP loss only {card['undistilled']['greedy_acceptance']['acceptance_rate']:.3f}, "
+undistilled = card["undistilled"]["greedy_acceptance"]["acceptance_rate"]
+print(f"model card (8 test prompts of 64 tokens, 128 new): MTP loss only {undistilled:.3f}, "
       f"+ self-distillation {card['greedy_acceptance']['acceptance_rate']:.3f}")
 
 # %% [markdown]
@@ -264,13 +255,13 @@ print(f"model card (8 test prompts of 64 tokens, 128 new): MTP loss only {card['
 # A few seconds:
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab.proportion import draft_cost_vs_depth
 
 depth_costs = draft_cost_vs_depth(model.config, depths=(2, 4, 8, 16, 24))
 for r in depth_costs:
     print(f"{r['n_layers']:2d} blocks of width {r['d_model']}: c = {r['c']:.3f} "
-          f"(range {r['c_range'][0]:.3f}-{r['c_range'][1]:.3f} over 3 runs), AR {r['ar_ms_per_token']:.2f} ms per token")
+          f"(range {r['c_range'][0]:.3f}-{r['c_range'][1]:.3f} over 3 runs), "
+          f"AR {r['ar_ms_per_token']:.2f} ms per token")
 fig = go.Figure([go.Scatter(x=[r["n_layers"] for r in depth_costs], y=[r["c"] for r in depth_costs],
                             mode="lines+markers", name="measured c (median of 3)"),
                  go.Scatter(x=[r["n_layers"] for r in depth_costs], y=[1 / r["n_layers"] for r in depth_costs],
@@ -290,7 +281,6 @@ fig
 # about 30 seconds.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab.bench import build_drafters, repeated_bench
 from mtp_lab.checkpoint import SHALLOW_DIR
 from mtp_lab.proportion import bench_point
@@ -302,7 +292,8 @@ for label, m in (("this model (24 blocks)", model), ("shallow model (4 blocks)",
     best = max(rows[1:], key=lambda r: r["speedup"])
     points.append({**bench_point(best), "label": f"{label}, measured at its best k"})
     lo, hi = best["speedup_range"]
-    print(f"{label}: best k = {best['k']}, tau {best['tau']:.2f}, c {points[-1]['c']:.3f}, v {points[-1]['verify']:.2f}: "
+    print(f"{label}: best k = {best['k']}, tau {best['tau']:.2f}, c {points[-1]['c']:.3f}, "
+          f"v {points[-1]['verify']:.2f}: "
           f"{best['speedup']:.2f}x plain decoding (range {lo:.2f}-{hi:.2f} over 3 runs), "
           f"{'faster' if lo > 1 else 'slower' if hi < 1 else 'no clear difference'}")
 
@@ -317,7 +308,6 @@ for label, m in (("this model (24 blocks)", model), ("shallow model (4 blocks)",
 # watch the ceiling move.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
 from mtp_lab.viz import speedup_lab
 
 speedup_lab(points)
@@ -398,8 +388,7 @@ check("break_even", break_even)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def expected_tokens(alpha, k):
     if alpha == 1:
         return k + 1.0
@@ -408,24 +397,21 @@ def expected_tokens(alpha, k):
 
 check("expected_tokens", expected_tokens)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def spec_metrics(accepted, drafted, steps):
     return accepted / drafted, 1 + accepted / steps
 
 
 check("spec_metrics", spec_metrics)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def speedup(alpha, k, c, v):
     return expected_tokens(alpha, k) / (k * c + v)
 
 
 check("speedup", speedup)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def break_even(k, c, v):
     if expected_tokens(1.0, k) < k * c + v:      # even with every draft accepted a step is slower
         return float("nan")

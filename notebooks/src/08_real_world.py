@@ -11,9 +11,6 @@
 # **Time:** about 30 minutes of reading; the notebook runs in about 10 s on 2 CPU cores.
 
 # %%
-# NBVAL_IGNORE_OUTPUT
-# !git clone <repository-url> mtp-lab
-# %pip install -q --no-deps -e mtp-lab anywidget
 from mtp_lab.course import check, environment_report
 
 device = environment_report()
@@ -38,8 +35,7 @@ device = environment_report()
 # the MTP layer. With $k = 1$, 85-90% acceptance means $\tau = 1.85$-$1.9$ tokens per target forward. If the only
 # cost of speculation were the draft forward, 1.8x would imply a draft costing about 3-6% of a target forward:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for accept in (0.85, 0.90):
     tau = 1 + accept                      # k = 1: the draft is accepted with probability a, plus one target token
     c = tau / 1.8 - 1                     # speedup = tau / (1 + c)  =>  c = tau / speedup - 1
@@ -57,8 +53,7 @@ print(f"one MTP layer out of 61 + 1 transformer layers: {1 / 62:.3f} (before the
 #
 # Our package names the modules `mtp.0`, `mtp.1`, ... A few lines map them onto DeepSeek's numbering:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from mtp_lab import MTPModel, get_preset
 
 model = MTPModel(get_preset("course"))
@@ -123,8 +118,7 @@ for name in model.state_dict():
 # 4.8 TB/s memory bandwidth and 989 TFLOP/s, one forward costs $\max(\text{bytes}/\text{bandwidth},\;
 # \text{tokens} \cdot \text{FLOPs per token}/\text{peak})$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 def forward_time(tokens, params=7e9, bandwidth=4.8e12, peak=989e12):
     """Seconds for one forward over `tokens` positions: weight reads vs matmul FLOPs (2 per parameter)."""
     return max(2 * params / bandwidth, tokens * 2 * params / peak)
@@ -254,16 +248,14 @@ check("lossless", answers)
 # ## Solutions
 # Try the exercises first. The cells below are collapsed; click the bar to expand them.
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def mtp_layer_indices(num_hidden_layers, num_nextn_predict_layers):
     return list(range(num_hidden_layers, num_hidden_layers + num_nextn_predict_layers))
 
 
 check("mtp_layer_indices", mtp_layer_indices)
 
-# %% [solution]
-# NBVAL_CHECK_OUTPUT
+# %% tags=["solution"] jupyter={"source_hidden": true}
 answers = {
     "rejection sampling with min(1, p/q) and the residual": True,
     "greedy verification at temperature 0": True,

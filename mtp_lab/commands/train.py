@@ -1,6 +1,7 @@
 """`mtp-lab train`: train (or resume) a model on the standard-library corpus; optionally export it.
 
 Runs unchanged under `torchrun --nproc_per_node=N -m mtp_lab.cli train ...` (DistributedDataParallel).
+The training flags are TrainConfig's fields (mtp_lab.train); --mtp-depth and --fp8 override ModelConfig's.
 """
 
 from __future__ import annotations
@@ -14,21 +15,20 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, get_preset
-from .metrics import export
+from ..config import ModelConfig, get_preset
+from ..train import TrainConfig
+from .flags import add_dataclass_flags, check_output, dataclass_values, set_threads
 
-# CLI flag -> TrainConfig field; flags left unset keep the default (or the resumed run's value)
-TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr",
-               "min_lr": "min_lr", "warmup": "warmup", "lam": "lam", "eval_interval": "eval_interval",
-               "eval_batches": "eval_batches", "save_interval": "save_interval", "precision": "precision",
-               "seed": "seed", "grad_clip": "grad_clip", "weight_decay": "weight_decay"}
+MODEL_FLAGS = ("mtp_depth", "fp8")   # ModelConfig fields a new run may override on its preset
+SKIPPED = {"betas"}                   # TrainConfig fields without a flag
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train an MTP model on the Python standard library",
                               description=__doc__)
     p.add_argument("--preset", default="course", help="model preset (default: course)")
-    p.add_argument("--mtp-depth", type=int, default=None, help="override the preset's MTP depth D (0 = none)")
+    add_dataclass_flags(p, ModelConfig, only=MODEL_FLAGS, keep_defaults=False,
+                        help_override={"mtp_depth": "override the preset's MTP depth D (0 = none)"})
     p.add_argument("--out", default="runs/course", help="checkpoint folder (default: runs/course)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
@@ -37,21 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--export", default=None, help="at the end, also write the model (--export-dtype) and "
                                                   "its val/test metrics to this folder")
     p.add_argument("--export-dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seq-len", type=int, default=None, help="training context (<= max_seq_len)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--min-lr", type=float, default=None)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--grad-clip", type=float, default=None)
-    p.add_argument("--lambda", dest="lam", type=float, default=None,
-                   help="constant MTP weight lambda (default: DeepSeek's 0.3 then 0.1 schedule)")
-    p.add_argument("--eval-interval", type=int, default=None)
-    p.add_argument("--eval-batches", type=int, default=None)
-    p.add_argument("--save-interval", type=int, default=None)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None)
-    p.add_argument("--seed", type=int, default=None)
+    # TrainConfig's fields; a flag left out keeps the default (or, with --resume, the saved run's value)
+    add_dataclass_flags(p, TrainConfig, skip=SKIPPED, keep_defaults=False, rename={"lam": "lambda"})
     p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: assets/tokenizer.json; "
                                                      "trained on the train split and saved if missing)")
     p.add_argument("--vocab-size", type=int, default=None, help="vocabulary of a newly trained tokenizer "
@@ -63,17 +50,13 @@ def register(subparsers) -> None:
     p.add_argument("--distill-steps", type=int, default=0,
                    help="after training, self-distil the MTP modules toward the frozen main model for this many "
                         "steps before --export (mtp_lab.distill; 0 = off). The --out checkpoint stays undistilled")
-    if "fp8" in {f.name for f in dataclasses.fields(ModelConfig)}:
-        p.add_argument("--fp8", choices=["none", "main", "mtp", "all"], default=None,
-                       help="run these block linears in simulated FP8 (ModelConfig.fp8)")
     p.set_defaults(func=run)
 
 
 def check_outputs(args) -> None:
     """Everything `run` will write, checked before the corpus loads: --out (a run there needs --resume or
     --overwrite), --export (never the training checkpoint), and a --tokenizer that will be trained."""
-    from .checkpoint import CONFIG_FILE, MODEL_FILE, STAGING_DIR, TRAINER_FILE
-    from .cli import check_output
+    from ..checkpoint import CONFIG_FILE, MODEL_FILE, STAGING_DIR, TRAINER_FILE
 
     out = check_output(args.out, "--out", folder=True)
     held = any((out / name).exists() for name in (CONFIG_FILE, MODEL_FILE, TRAINER_FILE, STAGING_DIR))
@@ -90,20 +73,20 @@ def check_outputs(args) -> None:
 
 
 def run(args) -> int:
-    from .checkpoint import TOKENIZER_FILE, TRAINER_FILE, CheckpointError, load_config, read_trainer_state
-    from .cli import set_threads
-    from .data import DEFAULT_TOKENIZER, build_corpus
-    from .distill import DistillConfig, distill
-    from .train import ProgressBar, TrainConfig, Trainer
+    from ..checkpoint import TOKENIZER_FILE, TRAINER_FILE, CheckpointError, load_config, read_trainer_state
+    from ..data import DEFAULT_TOKENIZER, build_corpus
+    from ..distill import DistillConfig, distill
+    from ..metrics import export
+    from ..model import mtp_state
+    from ..train import ProgressBar, Trainer
 
     if args.distill_steps and not args.export:
         raise ValueError("--distill-steps changes the exported model only: give --export DIR as well")
     check_outputs(args)
     set_threads(args.threads)
     out = Path(args.out)
-    overrides = {k: v for k, v in (("mtp_depth", args.mtp_depth), ("fp8", getattr(args, "fp8", None)))
-                 if v is not None}
-    given = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    overrides = dataclass_values(args, ModelConfig, only=MODEL_FLAGS)
+    given = dataclass_values(args, TrainConfig, skip=SKIPPED)
     if args.resume:
         saved = read_trainer_state(out).get("train_config")   # completes an interrupted save first
         model_cfg, _ = load_config(out)
@@ -154,7 +137,7 @@ def run(args) -> int:
     if trainer.is_main and args.export:
         extra, undistilled = {}, None
         if distill_cfg is not None:
-            undistilled = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if k.startswith("mtp.")}
+            undistilled = mtp_state(trainer.model.state_dict(), copy=True)
             if torch.distributed.is_initialized():       # the other ranks are done: rank 0 may use their cores
                 torch.set_num_threads(max(torch.get_num_threads(), min(trainer.world, os.cpu_count() or 1)))
             t0 = time.perf_counter()
@@ -166,7 +149,3 @@ def run(args) -> int:
         torch.distributed.destroy_process_group()
     return 0
 
-
-if __name__ == "__main__":
-    from .cli import main
-    sys.exit(main(["train", *sys.argv[1:]]))

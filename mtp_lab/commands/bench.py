@@ -1,0 +1,84 @@
+"""`mtp-lab bench`: plain (AR) against speculative decoding with the MTP and n-gram drafters (mtp_lab.bench):
+tau, per-position acceptance, tokens/s and speed-up with its spread over repeats, and an optional profile."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..bench import DRAFTERS
+from .flags import check_output
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="AR vs speculative decoding (MTP, n-gram drafters): tau, per-position "
+                                            "acceptance, tokens/s, speedup, profile")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped course model)")
+    p.add_argument("--random", metavar="PRESET", default=None,
+                   help="use random weights of this preset and random prompts instead of a checkpoint")
+    p.add_argument("--prompts", type=int, default=16, help="held-out prompts (windows of the test split)")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt length in tokens")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4], help="draft lengths to run")
+    p.add_argument("--drafters", nargs="+", default=list(DRAFTERS), choices=DRAFTERS)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: as fast as 2 for batch-1 AR decoding of the course model and "
+                        "less noisy, tools/ar_threads.py)")
+    p.add_argument("--repeats", type=int, default=1, help="run the whole benchmark this many times and report the "
+                                                          "median run's speed-up with the range (default 1)")
+    p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
+    p.add_argument("--json", default="artifacts/bench_speculative.json", help="where to write the results")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import bench
+    from ..data import atomic_write_json
+
+    if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, args.repeats, *args.k) <= 0:
+        raise ValueError("--prompts, --prompt-len, --new-tokens, --threads, --repeats and every --k must be > 0")
+    check_output(args.json, "--json", folder=False)
+    torch.set_num_threads(args.threads)
+    if args.random is not None:
+        model, prompts, source = bench.random_setup(args.random, args.prompts, args.prompt_len, args.seed)
+    else:
+        model, prompts, source = bench.heldout_prompts(args.checkpoint, args.prompts, args.prompt_len)
+    if args.prompt_len + args.new_tokens > model.config.max_seq_len:
+        raise ValueError(f"--prompt-len + --new-tokens = {args.prompt_len + args.new_tokens} exceeds the model's "
+                         f"max_seq_len {model.config.max_seq_len}; lower one of them")
+    drafters = bench.build_drafters(model, args.drafters)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        rows = bench.repeated_bench(model, prompts, args.new_tokens, args.k, drafters, args.repeats,
+                              temperature=args.temperature, seed=args.seed,
+                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = {"source": source, "config": model.config.to_dict(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "batch_size": 1, "temperature": args.temperature,
+              "prompts": args.prompts, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+              "repeats": args.repeats,
+              "seconds": time.perf_counter() - t0, "rows": rows}
+    macs = bench.matmul_macs_per_token(model.config)
+    result["cost_model"] = {**macs, "ceiling": {k: bench.speedup_ceiling(macs["c"], k) for k in args.k}}
+    print(f"{source}; {args.prompts} prompts x {args.new_tokens} new tokens, batch 1, "
+          f"temperature {args.temperature}, {torch.get_num_threads()} threads")
+    print(bench.format_table(rows))
+    print(f"matmul multiply-adds per token: main model {macs['main']:,}, one MTP module {macs['mtp_module']:,} "
+          f"(c = {macs['c']:.2f}); ceiling (k+1)/(1+kc) with all drafts accepted and free verification: "
+          + ", ".join(f"k={k} {v:.2f}x" for k, v in result["cost_model"]["ceiling"].items()))
+    if args.profile:
+        best = max(rows[1:], key=lambda r: r["speedup"])
+        result["profile"] = bench.op_profile(model, prompts[0], args.new_tokens, best["k"],
+                                             drafters[best["drafter"]])
+        for label, prof in result["profile"].items():
+            print(f"\n{label}: {prof['aten_calls_per_token']:.0f} aten calls per token, "
+                  f"{prof['main_forwards']} main forwards")
+            for op in prof["top_ops"][:8]:
+                print(f"  {op['op']:40} {op['calls']:6d} calls {op['self_cpu_ms']:8.1f} ms")
+    atomic_write_json(Path(args.json), bench.json_safe(result), indent=1, allow_nan=False)
+    print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,72 @@
+"""`mtp-lab distill`: self-distil a saved model's MTP modules toward its frozen main model (mtp_lab.distill);
+the flags are DistillConfig's fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from .. import distill as library
+from ..distill import DistillConfig, distill
+from .flags import add_dataclass_flags, check_output, dataclass_values, set_threads
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="self-distil a saved model's MTP modules toward its main model",
+                              description=library.__doc__)
+    p.add_argument("--checkpoint", default=None, help="model folder (default: the shipped course model)")
+    p.add_argument("--out", required=True, help="folder to write the distilled model to")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--root", default=None, help="corpus folder of .py files (default: this Python's "
+                                                "standard library)")
+    add_dataclass_flags(p, DistillConfig)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..checkpoint import (
+        CONFIG_FILE,
+        PRETRAINED_DIR,
+        UNDISTILLED_FILE,
+        CheckpointError,
+        load_config,
+        load_pretrained,
+        save_model,
+        save_undistilled,
+    )
+    from ..data import build_corpus
+    from ..metrics import write_metrics
+    from ..model import mtp_state
+
+    cfg = DistillConfig(**dataclass_values(args, DistillConfig))
+    source = Path(args.checkpoint) if args.checkpoint else PRETRAINED_DIR
+    out = check_output(args.out, "--out", folder=True)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out {out} is the model being distilled: it would be replaced; give another --out")
+    set_threads(args.threads)
+    model, tok = load_pretrained(source)
+    _, meta = load_config(source)
+    dtype = getattr(torch, str(meta.get("weights_dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype):
+        raise CheckpointError(f"{source / CONFIG_FILE}: unknown weights_dtype {meta['weights_dtype']!r}")
+    # the undistilled modules: the source's own, or those it kept if it was distilled already
+    if (source / UNDISTILLED_FILE).is_file():
+        undistilled = load_pretrained(source, mtp="undistilled")[0].state_dict()
+    else:
+        undistilled = model.state_dict()
+    undistilled = mtp_state(undistilled, copy=True)
+    corpus = build_corpus(tok, root=args.root)
+    t0 = time.perf_counter()
+    records = distill(model, corpus, cfg)
+    save_model(out, model, tok, dtype=dtype,
+               metadata={**{k: v for k, v in meta.items() if k not in ("model", "weights_dtype")},
+                         "distill_config": dataclasses.asdict(cfg), "distilled_from": str(source),
+                         "distill_seconds": round(time.perf_counter() - t0, 1),
+                         "distill_final_loss": records[-1]["loss"]})
+    save_undistilled(out, undistilled, dtype)
+    write_metrics(out, corpus, cfg.batch_size, cfg.seq_len, cfg.steps)
+    return 0
+

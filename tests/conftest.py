@@ -1,0 +1,39 @@
+"""Shared fixtures (pytest finds them here; test modules do not import them).
+
+sample_root  - a small copy of real standard-library files with files in every split (tests/stdlib_sample.py)
+corpus       - that sample tokenized with a byte-level BPE of the module's VOCAB tokens (test_train, test_distill)
+one_thread   - torch on one thread for the module: tiny models run faster, a shared machine does not stall them
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from stdlib_sample import make_sample_root, sample_tokenizer
+
+VOCAB = 320   # the corpus fixture's vocabulary, unless the test module sets its own VOCAB
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory):
+    """The sample corpus folder, copied once per session (tests only read it)."""
+    return make_sample_root(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def corpus(request, sample_root):
+    """The sample encoded with a BPE of the module's VOCAB (else 320) tokens, trained on its train split;
+    the stream cache is not used."""
+    from mtp_lab.data import build_corpus
+
+    vocab = getattr(request.module, "VOCAB", VOCAB)
+    return build_corpus(sample_tokenizer(sample_root, vocab), root=sample_root, use_cache=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and a shared machine does not stall them on thread sync."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

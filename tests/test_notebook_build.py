@@ -1,0 +1,85 @@
+"""tools/build_notebooks.py: jupytext sources -> clean notebooks; the prose's quoted numbers must be in the outputs."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "tools" / "build_notebooks.py")
+build = importlib.util.module_from_spec(spec)
+sys.modules["build_notebooks"] = build
+spec.loader.exec_module(build)
+
+SOURCE = '''\
+# %% [markdown]
+# # 99 · A test notebook
+
+# %% tags=["nbval-check-output"]
+print("tau 2.31")
+
+# %% [markdown]
+# ## Reading it
+# The drafts are worth {{2.31}} tokens per forward.
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+print("✅ done")
+'''
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "99_test.py"
+    path.write_text(SOURCE)
+    return path
+
+
+def executed(nb, outputs):
+    """`nb` as if run: outputs[i] is the stdout of the i-th code cell."""
+    for cell, text in zip((c for c in nb.cells if c.cell_type == "code"), outputs, strict=True):
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        cell.execution_count = 1
+    return nb
+
+
+def test_source_cells_metadata_note_guard_and_slides(source):
+    nb = build.from_source(source)
+    kinds = [c.cell_type for c in nb.cells]
+    assert kinds == ["markdown", "code", "markdown", "code"]
+    assert nb.cells[0].source.startswith("<small>Built from `notebooks/src/99_test.py`: edit that file")
+    assert nb.cells[1].source.startswith(build.SETUP_GUARD) and nb.cells[1].source.endswith('print("tau 2.31")')
+    assert nb.cells[1].metadata == {"tags": ["nbval-check-output"], "slideshow": {"slide_type": "-"}}
+    assert nb.cells[2].source == "## Reading it\nThe drafts are worth 2.31 tokens per forward."
+    assert nb.cells[2].metadata == {"quotes": ["2.31"], "slideshow": {"slide_type": "slide"}}
+    assert nb.cells[3].metadata["jupyter"] == {"source_hidden": True}
+    assert nb.cells[0].metadata["slideshow"] == {"slide_type": "slide"}
+
+
+def test_clean_keeps_checked_outputs_only_and_finds_stale_quotes(source):
+    nb = build.clean(executed(build.from_source(source), ["tau 2.31\n", "✅ done\n"]), "99")
+    assert nb.cells[1].outputs[0].text == "tau 2.31\n"
+    assert nb.cells[3].outputs == [] and nb.cells[3].execution_count is None      # the solution: no output
+    with pytest.raises(build.BuildError, match="quotes '2.31', which no nbval-check-output"):
+        build.clean(executed(build.from_source(source), ["tau 2.40\n", "✅ done\n"]), "99")
+
+
+def test_a_solution_that_does_not_pass_is_not_stored(source):
+    with pytest.raises(build.BuildError, match="solution cell whose check is not correct"):
+        build.clean(executed(build.from_source(source), ["tau 2.31\n", "❌ wrong\n"]), "99")
+
+
+def test_a_solution_cell_cannot_store_output(tmp_path):
+    path = tmp_path / "98_bad.py"
+    path.write_text(SOURCE.replace('tags=["solution"]', 'tags=["solution", "nbval-check-output"]'))
+    with pytest.raises(build.BuildError, match="a solution cell stores no output"):
+        build.from_source(path)
+
+
+def test_every_stored_course_notebook_has_a_source_note_and_slides():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert f"notebooks/src/{path.stem}.py" in nb.cells[0].source.splitlines()[0], path.name
+        assert all("slideshow" in c.metadata for c in nb.cells), path.name
+        assert not any("NBVAL" in c.source for c in nb.cells), path.name   # markers are tags, unseen by learners
