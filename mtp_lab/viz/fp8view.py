@@ -236,7 +236,7 @@ class FP8Explorer(Dashboard):
         under = {f: self.gran[f]["tensor"]["underflow"] for f in FORMATS}
         self.status.value = (
             f"x = {x:.4g} -> {rel('e4m3')}, {rel('e5m2')} · outlier ×{self.outlier.value:.3g}: per-tensor E4M3 "
-            f"underflows {under['e4m3']:.1%} of ordinary values · <b>{self.layer.value}</b>: weight blocks rel. "
+            f"underflows {under['e4m3']:.1%} of ordinary values<br><b>{self.layer.value}</b>: weight blocks rel. "
             f"error {sc['weight']['rel_error']:.2%}; {act_text}")
 
 

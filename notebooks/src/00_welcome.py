@@ -9,6 +9,12 @@
 # **Time:** about 10 minutes of reading; the notebook runs in about 15 s on 2 CPU cores.
 #
 # **You need:** to know what a decoder-only transformer is (embedding, blocks, output head, next-token loss).
+#
+# **The model you will study** is small on purpose: 5.8M parameters, trained in under an hour on 2 CPU cores, on
+# the Python standard library only. It writes text with the right *shape* (indentation, keywords, docstring
+# phrases, plausible names) but little meaning (a generated docstring may say the same thing twice), and greedy
+# text soon repeats itself. That is not a bug: what the course measures (which token each MTP module predicts, how
+# often the main model agrees with the drafts, how fast decoding gets) is this model's own behaviour, sense or not.
 
 # %% [markdown]
 # ## Check your environment
@@ -16,8 +22,8 @@
 # Every notebook starts with this cell. It prints the versions and the device: the whole course runs on a CPU;
 # when a CUDA GPU is present, the notebooks that train or time something use it.
 #
-# On **Colab** (or any fresh environment), uncomment the install lines first (see the README's "Colab" section
-# for the repository URL). Locally, `pip install -e .` in the repository root is all you need.
+# On **Colab** (or a kernel without the package) its first lines stop with the exact install steps: upload the
+# mtp-lab folder, install it, restart. Locally, `make course` has installed everything already.
 
 # %%
 import torch

@@ -75,7 +75,8 @@ print("RMSNorm(x + 3) == RMSNorm(x):", torch.allclose(rms_norm_inline(x + 3, uni
 # For an input of RMS $r$, the output RMS (before the gain) is $r / \sqrt{r^2 + \epsilon}$: about 1 when
 # $r \gg \sqrt{\epsilon}$, and about $r/\sqrt{\epsilon}$ when $r \ll \sqrt{\epsilon}$. So $\epsilon$ does more than
 # avoid a division by zero: it stops a near-zero vector (noise) from being blown up to unit size. The course
-# model uses $\epsilon = 10^{-6}$, so the knee sits at $r = 10^{-3}$.
+# model uses $\epsilon = 10^{-6}$, so the knee sits at $r = 10^{-3}$, where the output RMS is $1/\sqrt{2}$ (the table
+# below: {{0.7071}}).
 
 # %% tags=["nbval-check-output"]
 for r in (1.0, 1e-2, 1e-3, 1e-4, 1e-6):

@@ -102,7 +102,7 @@ for progress in (0.0, 0.5, 0.675, 0.676, 1.0):
 # the shipped tokenizer. The monitor shows the total, main and depth-1 losses as they come, validation points,
 # and the $\lambda$ and learning-rate schedules. One thing to expect: the **total** loss
 # $\mathcal{L}_\text{main} + \frac{\lambda}{D}\sum_k \mathcal{L}^k$ drops by a step where $\lambda$ switches from 0.3 to
-# 0.1 (at 10/14.8 of the run). That is the objective's weight changing, not learning: the main and depth-1 curves
+# 0.1 (at 10/14.8 of the run: progress {{0.676}} in the schedule above). That is the objective's weight changing, not learning: the main and depth-1 curves
 # do not jump there.
 
 # %% tags=["nbval-check-output"]

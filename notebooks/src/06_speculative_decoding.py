@@ -148,8 +148,8 @@ print(f"TV(speculative output, p)  = {tv(empirical, p):.3f}")
 print(f"TV(fresh samples of p, p)  = {tv(noise, p):.3f}   (sampling noise at N = {N})")
 
 # %% [markdown]
-# The speculative output is as close to $p$ as fresh samples of $p$ are, while the drafter alone is much further
-# away. (The package's tests run the same check end to end through the generation engine with exact
+# The speculative output is as close to $p$ (TV {{0.034}}) as fresh samples of $p$ are ({{0.032}}), while the drafter
+# alone is much further away ({{0.531}}). (The package's tests run the same check end to end through the generation engine with exact
 # distributions.) Note that this is **only** true with the residual: a "speculative" loop that accepts drafts by a
 # threshold, or keeps rejected drafts, changes what the model says.
 

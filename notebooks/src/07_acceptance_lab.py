@@ -256,6 +256,7 @@ print(f"model card (8 test prompts of 64 tokens, 128 new): MTP loss only {undist
 
 # %%
 from mtp_lab.proportion import draft_cost_vs_depth
+from mtp_lab.viz import theme
 
 depth_costs = draft_cost_vs_depth(model.config, depths=(2, 4, 8, 16, 24))
 for r in depth_costs:
@@ -263,11 +264,12 @@ for r in depth_costs:
           f"(range {r['c_range'][0]:.3f}-{r['c_range'][1]:.3f} over 3 runs), "
           f"AR {r['ar_ms_per_token']:.2f} ms per token")
 fig = go.Figure([go.Scatter(x=[r["n_layers"] for r in depth_costs], y=[r["c"] for r in depth_costs],
-                            mode="lines+markers", name="measured c (median of 3)"),
+                            mode="lines+markers", name="measured c (median of 3)", line=theme.line("measured")),
                  go.Scatter(x=[r["n_layers"] for r in depth_costs], y=[1 / r["n_layers"] for r in depth_costs],
-                            mode="lines", name="1 / L (one block against L)", line=dict(dash="dash"))])
-fig.update_layout(xaxis_title="main-model blocks L", yaxis_title="draft cost c", height=340)
-fig
+                            mode="lines", name="1 / L (one block against L)",
+                            line=theme.line("reference", dash="dash"))])
+fig.update_layout(xaxis_title="main-model blocks L", yaxis_title="draft cost c")
+theme.apply(fig, base_height=340)   # the course's look: full cell width, palette, viz.presenter() sizes
 
 # %% [markdown]
 # The measured $c$ sits above $1/L$: the draft also pays for the shared head, `eh_proj`, two norms and the engine's
@@ -317,6 +319,8 @@ speedup_lab(points)
 #
 # ### Exercise 1: the i.i.d. formula
 # Return the expected number of tokens per verify forward for acceptance probability `alpha` and `k` drafts.
+# The check also tries `alpha = 1` (every draft accepted), where the closed form above divides by zero: your
+# function must give the right number there too.
 
 # %%
 def expected_tokens(alpha, k):

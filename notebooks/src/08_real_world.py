@@ -135,8 +135,8 @@ for batch in (1, 16, 64, 128, 256, 512):
 
 # %% [markdown]
 # Below about 200 positions per forward (reading the 14 GB of weights takes as long as the FLOPs of 206 positions)
-# the model is memory-bound and speculation gives $\tau/(1+c) \approx 1.76$x; once $B(k+1)$ positions
-# make it compute-bound, the gain falls to $\tau/(k+1+c) \approx 0.9$x: speculation costs more than it saves.
+# the model is memory-bound and speculation gives $\tau/(1+c) \approx$ {{1.76x}}; once $B(k+1)$ positions
+# make it compute-bound, the gain falls to $\tau/(k+1+c) \approx$ {{0.90x}}: speculation costs more than it saves.
 # Real engines sit between these regimes (MoE models read only active experts, attention has its own costs), which
 # is why they tune the number of drafts per batch size or turn speculation off under heavy load.
 
