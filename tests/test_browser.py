@@ -237,6 +237,28 @@ KNEE_X = """() => {  // x of the dashed r = sqrt(eps) line of the RMSNorm figure
 }"""
 
 
+DRAWN_COLOURS = """() => {  // trace name -> the marker (else line) colour plotly drew, for every figure on the page
+    const drawn = {};
+    for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+        (gd._fullData || []).forEach(t => {
+            const c = (t.marker && t.marker.color) || (t.line && t.line.color);
+            if (t.name && typeof c === 'string') drawn[t.name] = c.toUpperCase();
+        });
+    }
+    return drawn;
+}"""
+
+
+def assert_palette_colours(page, expected: dict[str, str]) -> None:
+    """The named traces are drawn in their palette colours (not reset to the template's colorway)."""
+    from mtp_lab.viz.palette import color
+
+    drawn = page.evaluate(DRAWN_COLOURS)
+    wrong = {name: (drawn.get(name), color(key).upper()) for name, key in expected.items()
+             if drawn.get(name) != color(key).upper()}
+    assert not wrong, f"traces not in their palette colour (drawn, expected): {wrong}"
+
+
 def run_all(page, url: str, token: str, path: Path) -> None:
     """Open a notebook, wait for its kernel, Run All Cells, wait until every visible code cell has run."""
     from playwright.sync_api import expect
@@ -287,6 +309,10 @@ def test_dashboards_render_and_respond_in_jupyterlab(context, lab, root):
     spec_status = spec.locator(".widget-html-content", has_text="main forwards")
     expect(spec_status).to_contain_text("2 main forwards")
     expect(spec.locator("span[title='accepted'], span[title='corrected']").first).to_be_visible()
+    # greedy: the first panel shows the target's top candidates, coloured per bar; the other traces keep theirs
+    expect(spec.locator(".js-plotly-plot .gtitle, .js-plotly-plot .annotation-text",
+                        has_text="Greedy: the target's top").first).to_be_visible()
+    assert_palette_colours(page, {"accepted at j / drafted at j": "accepted", "tau = 1 + accepted/steps": "accepted"})
     spec.get_by_role("button", name="play").click()
     expect(spec_status).to_contain_text("finished")
     spec.scroll_into_view_if_needed()
@@ -363,6 +389,7 @@ def test_every_view_fits_its_cell_at_1280_and_1920(context, lab, root):
     cells = page.locator(".jp-Notebook .jp-CodeCell")
     for i in range(1, len(names)):      # every view drew its figures
         expect(cells.nth(i).locator(".js-plotly-plot .main-svg").first).to_be_visible()
+    assert_palette_colours(page, {"E4M3": "e4m3", "E5M2": "e5m2", "E4M3 error": "e4m3", "E5M2 error": "e5m2"})
     if not page.locator("#filebrowser").is_visible():
         page.locator(".jp-SideBar [data-id='filebrowser']").click()
     (ARTIFACTS / "browser").mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,18 @@ class Dashboard(abc.ABC):
         return f"<{type(self).__name__} ({mode}, {len(self.figures)} figure(s))>"
 
 
+def update_alone(fig: go.Figure, index: int, **props) -> None:
+    """Set properties of trace `index` in a batch_update of their own, after the draw's main batch.
+
+    For a property that only some traces of a draw set (a per-bar marker colour, hover text): plotly's
+    FigureWidget sends a batch as one restyle of every property edited in it, padded for the traces that did not
+    set it, and in the browser (plotly 7 in JupyterLab 4) that padding deletes the property on those traces: one
+    trace's marker colours reset every other trace's marker colour to the template's colorway
+    (tests/test_browser.py checks the drawn colours)."""
+    with fig.batch_update():
+        fig.data[index].update(**props)
+
+
 def html_widget(value: str = ""):
     """An ipywidgets HTML (status lines, generated text) in the view's font size at the presenter scale."""
     import ipywidgets as w

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..fp8 import FORMATS, accumulation_error_vs_k, dequantize, quant_stats, quantize
 from . import theme
-from .common import Dashboard, html_widget, prompt_tokens
+from .common import Dashboard, html_widget, prompt_tokens, update_alone
 from .palette import COLORS, HEATMAP
 
 GRANULARITY_LABELS = {"tensor": "per<br>tensor", "tile": "1x128<br>tile", "block": "128x128<br>block"}
@@ -214,8 +214,6 @@ class FP8Explorer(Dashboard):
             shown = [(v, i, f) for i, (f, v) in enumerate(self.rounded.items()) if v > 0]
             data[t["x_rounded"]].x = [v for v, _, _ in shown]
             data[t["x_rounded"]].y = [i for _, i, _ in shown]
-            data[t["x_rounded"]].text = [f"{x:.4g} -> {f.upper()} {v:.4g}" for v, _, f in shown]
-            data[t["x_rounded"]].marker.color = [COLORS[f] for _, _, f in shown]
             for fmt in FORMATS:
                 bars = data[t[f"gran_{fmt}"]]
                 bars.x = list(GRANULARITY_LABELS.values())
@@ -226,6 +224,8 @@ class FP8Explorer(Dashboard):
                 data[t[f"acc_{key}"]].x = [r["k"] for r in self.acc]
                 data[t[f"acc_{key}"]].y = [r[key] for r in self.acc]
             self.fig.layout.xaxis3.title.text = f"{self.layer.value}:<br>block column (128 inputs)"
+        update_alone(self.fig, t["x_rounded"], text=[f"{x:.4g} -> {f.upper()} {v:.4g}" for v, _, f in shown],
+                     marker_color=[COLORS[f] for _, _, f in shown])
 
         def rel(f: str) -> str:
             return f"{f.upper()} {self.rounded[f]:.4g} ({abs(self.rounded[f] - x) / x:.1%} off)"

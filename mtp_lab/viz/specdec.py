@@ -18,7 +18,7 @@ import torch
 
 from ..decoding import GenerationStats, speculative_steps
 from . import theme
-from .common import Dashboard, encode, error_html, escape, html_widget, plural
+from .common import Dashboard, encode, error_html, escape, html_widget, plural, update_alone
 from .palette import COLORS, tint
 
 KIND_STYLE = {  # how each kind of token is marked in the text
@@ -270,12 +270,12 @@ class SpeculativeDashboard(Dashboard):
             data[2].y = tau
             data[3].y = per_pos
             data[4].x, data[4].y = (top["labels"], top["probs"]) if top else ([], [])
-            if top:
-                data[4].marker.color = [COLORS["draft" if d else "target"] for d in top["is_draft"]]
             self.fig.layout.annotations[0].text = self.PANEL_TITLE if sampled else (
                 f"Greedy: the target's top {TOP_N} at draft j = {top['j']}")
             # q and p are probabilities of one token (up to 1); the target's top candidates may all be small
             self.fig.layout.yaxis.range = [0, 1.15 if sampled else 1.25 * max(top["probs"])]
+        if top:
+            update_alone(self.fig, 4, marker_color=[COLORS["draft" if d else "target"] for d in top["is_draft"]])
         self.text.value = tokens_html(segments)
         self.table.value = rows_html(rows, top)
         if st.error:
