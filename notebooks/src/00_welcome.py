@@ -6,7 +6,7 @@
 # - the two reasons it matters: a denser training signal, and a built-in drafter for speculative decoding;
 # - how this course is organised, and how its exercises and checks work.
 #
-# **Time:** about 10 minutes of reading; the notebook runs in about 15 s on 2 CPU cores.
+# **Time:** about 10 minutes of reading; the notebook runs in under 10 s on 2 CPU cores.
 #
 # **You need:** to know what a decoder-only transformer is (embedding, blocks, output head, next-token loss).
 #
@@ -87,20 +87,21 @@ for i in range(len(words) - 3):
 # %% [markdown]
 # ## The roadmap
 #
-# | notebook | you learn | CPU time (2 cores) |
-# |---|---|---|
-# | 00 Welcome | what MTP is, the course's tools | ~15 s |
-# | 01 The main model | tokens, embedding, blocks, head; next-token prediction with the shipped model | ~10 s |
-# | 02 RMSNorm | the formula, vs torch and LayerNorm, its statistics | ~20 s |
-# | 03 The MTP module | equations (21)-(23) with shapes, the one-token shift, [e; h] vs [h; e] | ~20 s |
-# | 04 Training with MTP | loss (24)-(25), target alignment, the lambda schedule, a live run | ~40 s |
-# | 05 FP8 mixed precision | E4M3, tile/block scaling, accumulation, FP8Linear | ~35 s |
-# | 06 Speculative decoding | draft, verify, accept; exactness checked empirically | ~30 s |
-# | 07 The acceptance lab | what moves acceptance: k, temperature, depth, FP8, domain | ~55 s |
-# | 08 MTP in the real world | DeepSeek-V3's checkpoint, vLLM/SGLang, the peers, a FAQ | ~10 s |
+# | notebook | you learn |
+# |---|---|
+# | 00 Welcome | what MTP is, the course's tools |
+# | 01 The main model | tokens, embedding, blocks, head; next-token prediction with the shipped model |
+# | 02 RMSNorm | the formula, vs torch and LayerNorm, its statistics |
+# | 03 The MTP module | equations (21)-(23) with shapes, the one-token shift, [e; h] vs [h; e] |
+# | 04 Training with MTP | loss (24)-(25), target alignment, the lambda schedule, a live run |
+# | 05 FP8 mixed precision | E4M3, tile/block scaling, accumulation, FP8Linear |
+# | 06 Speculative decoding | draft, verify, accept; exactness checked empirically |
+# | 07 The acceptance lab | what moves acceptance: k, temperature, depth, FP8, domain |
+# | 08 MTP in the real world | DeepSeek-V3's checkpoint, vLLM/SGLang, the peers, a FAQ |
 #
-# Each notebook lists its own goals and time at the top. The times are for running all cells (measured on 2 busy
-# CPU cores, all nine in about 4 minutes); reading and the exercises take 20-45 minutes per notebook. With a CUDA
+# Each notebook lists its own goals and time at the top: reading and the exercises take 20-50 minutes per notebook;
+# running all its cells takes seconds (07, about a minute). The root README's course table gives each notebook's
+# run time as `make notebooks` measures it on 2 CPU cores (all nine in about 2 minutes). With a CUDA
 # GPU the same cells run on it (the model goes to `device`); GPU times were not measured for this release: expect
 # the training cells of 04 and 05 to gain most, since batch-1 decoding of a 5.8M-parameter model is dominated by
 # Python overhead on any device.

@@ -7,7 +7,7 @@
 # - to load the shipped course model and watch it predict the next token, position by position;
 # - how far ahead its MTP modules see: accuracy for the next token, the one after, and the one after that.
 #
-# **Time:** about 20 minutes; the notebook runs in about 10 s on 2 CPU cores.
+# **Time:** about 20 minutes; the notebook runs in under 10 s on 2 CPU cores.
 
 # %%
 import torch

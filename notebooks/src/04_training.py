@@ -8,7 +8,7 @@
 # - DeepSeek-V3's $\lambda$ schedule (0.3, then 0.1);
 # - a short live training run with the training monitor, and the same run without MTP.
 #
-# **Time:** about 30 minutes; the notebook runs in about 40 s on 2 CPU cores (the runs are tiny; the shipped model
+# **Time:** about 30 minutes; the notebook runs in about 15 s on 2 CPU cores (the runs are tiny; the shipped model
 # was trained with the same `Trainer` for much longer: `mtp-lab train --preset course`).
 
 # %%

@@ -9,7 +9,7 @@
 #   check that the output distribution is exactly the main model's;
 # - the live visualizer: every draft, its probability, and the verdict.
 #
-# **Time:** about 40 minutes; the notebook runs in about 30 s on 2 CPU cores.
+# **Time:** about 40 minutes; the notebook runs in about 10 s on 2 CPU cores.
 
 # %%
 import torch
