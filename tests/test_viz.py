@@ -446,3 +446,36 @@ def test_every_colour_comes_from_the_palette():
              if path.name != "palette.py"
              for i, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
     assert not found, "colour literals outside mtp_lab/viz/palette.py:\n" + "\n".join(found)
+
+
+@pytest.fixture
+def presenter_off():
+    """Every test that turns the presenter switch on leaves it off."""
+    import mtp_lab.viz as viz
+
+    yield viz.presenter
+    viz.presenter(False)
+
+
+def test_presenter_scales_the_views_built_afterwards(model, tok, presenter_off):
+    from mtp_lab.viz import speedup_lab, theme
+
+    point = [{"label": "x", "alpha": 0.6, "k": 2, "c": 0.3, "verify": 1.2, "speedup": 1.3}]
+    assert presenter_off(False) == 1.0
+    screen = rmsnorm_dashboard(model, tok, prompt="abc", interactive=False).figures[0]
+    assert presenter_off() == 1.5
+    projector = rmsnorm_dashboard(model, tok, prompt="abc", interactive=False).figures[0]
+    assert projector.layout.template.layout.font.size == 1.5 * screen.layout.template.layout.font.size == 19.5
+    assert projector.layout.height > screen.layout.height                       # text takes more room
+    assert screen.layout.width is None and projector.layout.width is None      # as wide as the cell, always
+    assert theme.px(10) == 15 and theme.line("main")["width"] == 3.0
+    assert presenter_off(2.0) == 2.0 and theme.px(10) == 20
+    lab = speedup_lab(point, interactive=False)
+    assert all(f.layout.template.layout.font.size == 26 for f in lab.figures)
+    assert presenter_off(False) == 1.0 and theme.px(10) == 10
+
+
+def test_presenter_refuses_nonsense(presenter_off):
+    for bad in (0, 10, "big", float("nan")):
+        with pytest.raises(ValueError, match="presenter scale must be a number in"):
+            presenter_off(bad)
