@@ -260,7 +260,7 @@ from mtp_lab.viz import theme
 
 depth_costs = draft_cost_vs_depth(model.config, depths=(2, 4, 8, 16, 24))
 for r in depth_costs:
-    print(f"{r['n_layers']:2d} blocks of width {r['d_model']}: c = {r['c']:.3f} "
+    print(f"{r['n_layers']:2d} blocks of width {r['d_model']}: c = {r['c']:.3f} = {r['c'] * r['n_layers']:.1f} x 1/L "
           f"(range {r['c_range'][0]:.3f}-{r['c_range'][1]:.3f} over 3 runs), "
           f"AR {r['ar_ms_per_token']:.2f} ms per token")
 fig = go.Figure([go.Scatter(x=[r["n_layers"] for r in depth_costs], y=[r["c"] for r in depth_costs],
@@ -272,7 +272,7 @@ fig.update_layout(xaxis_title="main-model blocks L", yaxis_title="draft cost c")
 theme.apply(fig, base_height=340)   # the course's look: full cell width, palette, viz.presenter() sizes
 
 # %% [markdown]
-# The measured $c$ sits above $1/L$: the draft also pays for the shared head, `eh_proj`, two norms and the engine's
+# The measured $c$ sits above $1/L$ (the "x 1/L" column): the draft also pays for the shared head, `eh_proj`, two norms and the engine's
 # per-draft work, which do not shrink with depth.
 #
 # ### This model against the shallow one, measured with repetitions

@@ -130,11 +130,13 @@ def spec_speedup(batch, tau=1.85, k=1, c=0.05):
     return plain / spec
 
 
+weights_gb, ridge = 2 * 7e9 / 1e9, (2 * 7e9 / 4.8e12) / (2 * 7e9 / 989e12)   # bytes/bandwidth = FLOPs/peak there
+print(f"reading {weights_gb:.0f} GB of weights takes as long as the FLOPs of {ridge:.0f} positions")
 for batch in (1, 16, 64, 128, 256, 512):
     print(f"batch {batch:4d}: speed-up {spec_speedup(batch):.2f}x")
 
 # %% [markdown]
-# Below about 200 positions per forward (reading the 14 GB of weights takes as long as the FLOPs of 206 positions)
+# Below about 200 positions per forward (reading the {{14 GB}} of weights takes as long as the FLOPs of {{206 positions}})
 # the model is memory-bound and speculation gives $\tau/(1+c) \approx$ {{1.76x}}; once $B(k+1)$ positions
 # make it compute-bound, the gain falls to $\tau/(k+1+c) \approx$ {{0.90x}}: speculation costs more than it saves.
 # Real engines sit between these regimes (MoE models read only active experts, attention has its own costs), which
