@@ -83,3 +83,20 @@ def test_every_stored_course_notebook_has_a_source_note_and_slides():
         assert f"notebooks/src/{path.stem}.py" in nb.cells[0].source.splitlines()[0], path.name
         assert all("slideshow" in c.metadata for c in nb.cells), path.name
         assert not any("NBVAL" in c.source for c in nb.cells), path.name   # markers are tags, unseen by learners
+
+
+def test_setup_guard_says_how_to_install_where_mtp_lab_is_missing():
+    """The guard in every first code cell, run by a Python that cannot import mtp_lab (-S: no site-packages)."""
+    import subprocess
+
+    def run(prelude: str) -> str:
+        proc = subprocess.run([sys.executable, "-S", "-c", prelude + build.SETUP_GUARD], capture_output=True,
+                              text=True, cwd="/")
+        assert proc.returncode == 1
+        return proc.stderr.strip().splitlines()[-1]
+
+    local = run("")
+    assert local.startswith("ModuleNotFoundError: mtp_lab is not installed") and "make course" in local
+    colab = run("import sys, types; sys.modules['google.colab'] = types.ModuleType('google.colab')\n")
+    assert "On Colab:" in colab and "%pip install -q --no-deps -e /content/mtp-lab anywidget" in colab
+    assert subprocess.run([sys.executable, "-c", build.SETUP_GUARD]).returncode == 0   # installed: silent
