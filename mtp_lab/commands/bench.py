@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..bench import DRAFTERS
+from .. import bench
 from .flags import check_output
 
 
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompt-len", type=int, default=64, help="prompt length in tokens")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt")
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4], help="draft lengths to run")
-    p.add_argument("--drafters", nargs="+", default=list(DRAFTERS), choices=DRAFTERS)
+    p.add_argument("--drafters", nargs="+", default=list(bench.DRAFTERS), choices=bench.DRAFTERS)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
@@ -37,7 +37,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .. import bench
     from ..data import atomic_write_json
 
     if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, args.repeats, *args.k) <= 0:

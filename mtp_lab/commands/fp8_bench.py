@@ -8,8 +8,8 @@ from typing import get_args
 
 import torch
 
+from .. import fp8_bench
 from ..config import FP8Recipe
-from ..fp8_bench import PARTS
 from ..train import Precision
 from .flags import check_output, set_threads
 
@@ -17,7 +17,8 @@ from .flags import check_output, set_threads
 def register(subparsers) -> None:
     p = subparsers.add_parser("fp8-bench", help="measure the FP8 recipe: quantization and accumulation "
                               "error, step cost, loss difference, draft acceptance")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    every = ",".join(fp8_bench.PARTS)
+    p.add_argument("--parts", default=every, help=f"comma-separated subset of {every}")
     p.add_argument("--steps", type=int, default=200, help="training steps per run for 'train' (default 200)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step for 'cost' and 'train'")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length for 'cost' and 'train'")
@@ -36,12 +37,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .. import fp8_bench
-
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     unknown = sorted(set(parts) - set(fp8_bench.PARTS))
     if unknown or not parts:
-        raise ValueError(f"unknown --parts {unknown or parts}; choose from {','.join(PARTS)}")
+        raise ValueError(f"unknown --parts {unknown or parts}; choose from {','.join(fp8_bench.PARTS)}")
     if min(args.steps, args.batch_size, args.seq_len, args.cost_rounds, args.prompts, args.new_tokens) <= 0:
         raise ValueError("--steps, --batch-size, --seq-len, --cost-rounds, --prompts and --new-tokens must be > 0")
     if args.json:
@@ -51,7 +50,7 @@ def run(args) -> int:
     if {"cost", "train"} & set(parts):
         from ..data import build_corpus
         corpus = build_corpus()
-    for part in PARTS:
+    for part in fp8_bench.PARTS:
         if part not in parts:
             continue
         print(f"[fp8-bench] {part} ...", flush=True)
@@ -62,12 +61,12 @@ def run(args) -> int:
         elif part == "cost":
             results[part] = fp8_bench.step_cost(corpus, args.cost_rounds, args.batch_size, args.seq_len, args.seed)
         elif part == "train":
-            results[part] = fp8_bench.train_comparison(corpus, args.steps, args.batch_size, args.seq_len, args.seed,
-                                             args.recipe, args.precision)
+            results[part] = fp8_bench.train_comparison(corpus, args.steps, args.batch_size, args.seq_len,
+                                                       args.seed, args.recipe, args.precision)
         else:
             results[part] = fp8_bench.acceptance_comparison(args.checkpoint, args.prompts, new_tokens=args.new_tokens)
         print(fp8_bench.markdown({part: results[part]}), flush=True)
         if args.json:                     # after every part, so a long run keeps what it measured
             fp8_bench.write_json(Path(args.json), {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                          "args": vars(args) | {"func": None}, **results})
+                                                   "args": vars(args) | {"func": None}, **results})
     return 0

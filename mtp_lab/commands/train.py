@@ -12,10 +12,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 from ..config import ModelConfig, get_preset
+from ..data import Mix
 from ..train import TrainConfig
 from .flags import add_dataclass_flags, check_output, dataclass_values, set_threads
 
@@ -45,7 +47,7 @@ def register(subparsers) -> None:
                                                                    "(default: the preset's vocab_size)")
     p.add_argument("--root", default=None, help="corpus folder of .py files (default: this Python's "
                                                 "standard library)")
-    p.add_argument("--mix", choices=["code", "docstrings", "both"], default="both", help="corpus documents")
+    p.add_argument("--mix", choices=get_args(Mix), default="both", help="corpus documents (default: both)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--distill-steps", type=int, default=0,
                    help="after training, self-distil the MTP modules toward the frozen main model for this many "
