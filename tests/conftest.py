@@ -3,15 +3,37 @@
 sample_root  - a small copy of real standard-library files with files in every split (tests/stdlib_sample.py)
 corpus       - that sample tokenized with a byte-level BPE of the module's VOCAB tokens (test_train, test_distill)
 one_thread   - torch on one thread for the module: tiny models run faster, a shared machine does not stall them
+device       - the torch device of the model, loss, FP8, decoding and training tests: cpu, or what
+               `--torch-device cuda` (or MTP_LAB_TEST_DEVICE=cuda) asks for (tools/gpu_check.py runs them so)
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 from stdlib_sample import make_sample_root, sample_tokenizer
 
 VOCAB = 320   # the corpus fixture's vocabulary, unless the test module sets its own VOCAB
+DEVICE_ENV = "MTP_LAB_TEST_DEVICE"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--torch-device", default=os.environ.get(DEVICE_ENV, "cpu"),
+                     help=f"torch device for the tests that take the `device` fixture (default: ${DEVICE_ENV} or cpu)")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The device asked for; one that this machine does not have stops the session with one line."""
+    name = request.config.getoption("--torch-device")
+    try:
+        dev = torch.device(name)
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError) as e:   # torch's own message: no such device, or torch built without CUDA
+        pytest.exit(f"--torch-device {name!r} (or ${DEVICE_ENV}) is not usable here: {e}", returncode=4)
+    return dev
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,10 @@ def stride_batch(B, T, V, g, noise):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(device):
     """A tiny MTP model trained for a few seconds, so drafts are often (not always) accepted. float64, so that
-    the batched verify forward and the one-token AR forward cannot disagree on an argmax by rounding."""
+    the batched verify forward and the one-token AR forward cannot disagree on an argmax by rounding. Trained
+    on the CPU (the same weights everywhere), then moved to the tests' device."""
     torch.manual_seed(0)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -46,7 +47,7 @@ def trained():
         loss.backward()
         opt.step()
     torch.set_num_threads(n)
-    return model.double().eval()
+    return model.double().to(device).eval()
 
 
 def prompts(n, V=32, seed=100):
@@ -132,11 +133,12 @@ def fresh_caches(model, tokens, lengths):
 
     Module j at position i takes (h^{j-1}_i, t_{i+j}); h^0 is the main model's state.
     """
-    cache = model.new_cache()
-    x = torch.tensor(tokens[:-1])[None]
+    cache, device = model.new_cache(), model.head.weight.device
+    x = torch.tensor(tokens[:-1], device=device)[None]
     _, h = model.forward_main(x, cache)                                        # (1, n, C)
     for j, m in enumerate(lengths, start=1):
-        _, h = model.forward_mtp(j, h[:, :m], torch.tensor(tokens[j:j + m], dtype=torch.long)[None], cache)
+        _, h = model.forward_mtp(j, h[:, :m], torch.tensor(tokens[j:j + m], dtype=torch.long, device=device)[None],
+                                 cache)
     return cache
 
 
@@ -174,7 +176,7 @@ def test_mtp_draft_distributions_equal_a_full_forward(trained):
     for ev in speculative_steps(trained, tokens, 40, num_draft=3, temperature=1.0, seed=5):
         if ev.draft_tokens:
             n = len(tokens) - 1
-            out = trained(torch.tensor(tokens + ev.draft_tokens)[None])
+            out = trained(torch.tensor(tokens + ev.draft_tokens, device=trained.head.weight.device)[None])
             for j in range(1, min(len(ev.draft_tokens), trained.config.mtp_depth) + 1):
                 ref = out.mtp_logits[j - 1][0, n - 1]
                 torch.testing.assert_close(ev.draft_logits[j - 1], ref)
@@ -193,7 +195,7 @@ def drafts_beyond_depth_reference(model, tokens, drafts):
             its token input at position i is still t_{i+D}, so d_{j-1} at the last position.
     """
     D, n = len(model.mtp), len(tokens) - 1
-    seq = torch.tensor(tokens + drafts)[None]
+    seq = torch.tensor(tokens + drafts, device=model.head.weight.device)[None]
     _, h = model.forward_main(seq[:, :n])                                      # h_0..h_{n-1}
     logits_out = []
     for j in range(1, D + 1):
@@ -207,11 +209,11 @@ def drafts_beyond_depth_reference(model, tokens, drafts):
     return torch.stack(logits_out)                                             # (k, V)
 
 
-def test_mtp_drafts_beyond_depth_equal_a_cache_free_reference():
+def test_mtp_drafts_beyond_depth_equal_a_cache_free_reference(device):
     """k = D + 2 on the tiny preset, random weights and gains: drafts and logits of every position, module D's
     two reuses included, equal the hand-built full-sequence reference at every step of a greedy generation."""
     torch.manual_seed(4)
-    model = MTPModel(get_preset("tiny")).double().eval()
+    model = MTPModel(get_preset("tiny")).double().to(device).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:

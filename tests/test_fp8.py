@@ -54,9 +54,9 @@ def test_representable_values_survive_exactly(fmt):
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
-def test_relative_error_within_format_bound(fmt):
+def test_relative_error_within_format_bound(fmt, device):
     f = FORMATS[fmt]
-    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)).to(device)
     q, s = quantize(x, fmt, "tile")
     x_hat = dequantize(q, s, "tile")
     s_full = s.repeat_interleave(128, -1)
@@ -69,8 +69,8 @@ def test_relative_error_within_format_bound(fmt):
     assert rms < {"e4m3": 0.035, "e5m2": 0.07}[fmt]                 # facts: ~2.7% and ~5.3% per-tensor
 
 
-def test_outlier_tile_beats_block_beats_tensor():
-    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(1))
+def test_outlier_tile_beats_block_beats_tensor(device):
+    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(1)).to(device)
     x[3, 7] = 1e5                                                   # one activation outlier
     rest = torch.ones_like(x, dtype=torch.bool)
     rest[3, 7] = False
@@ -159,14 +159,14 @@ def test_bad_arguments_are_named():
 
 # ----------------------------------------------------------------------------- the GEMM
 
-def test_fp8_matmul_is_the_kernel_scheme():
+def test_fp8_matmul_is_the_kernel_scheme(device):
     g = torch.Generator().manual_seed(3)
-    a, b = torch.randn(3, 7, 300, generator=g), torch.randn(150, 300, generator=g)
+    a, b = torch.randn(3, 7, 300, generator=g).to(device), torch.randn(150, 300, generator=g).to(device)
     y = fp8_matmul(a, b)                                            # chunked: per-chunk partials in FP32
     assert y.shape == (3, 7, 150)
     qa, sa = quantize(a.reshape(21, 300), "e4m3", "tile")
     qb, sb = quantize(b, "e4m3", "block")
-    ref = torch.zeros(21, 150, dtype=torch.float64)                 # hand-written, in float64
+    ref = torch.zeros(21, 150, dtype=torch.float64, device=device)  # hand-written, in float64
     for c in range(3):
         cols = slice(128 * c, 128 * (c + 1))
         rows_b = sb[:, c].double().repeat_interleave(128)[:150]
@@ -177,14 +177,17 @@ def test_fp8_matmul_is_the_kernel_scheme():
     assert float((y - exact).norm() / exact.norm()) < 0.05
 
 
-def test_scaled_mm_backend_matches_simulation_on_cpu():
-    """torch._scaled_mm with unit tensor-wise scales exists on CPU (slow): small shapes check the layout."""
+def test_scaled_mm_backend_matches_simulation(device):
+    """torch._scaled_mm with unit tensor-wise scales exists on CPU (slow) and on FP8 GPUs: small shapes check the
+    layout (padding to multiples of 16, column-major mat2) and FP8Linear's three GEMMs on that backend."""
+    if device.type == "cuda" and not scaled_mm_available(device):
+        pytest.skip("this GPU has no FP8 tensor cores (compute capability < 8.9)")
     g = torch.Generator().manual_seed(4)
-    a, b = torch.randn(20, 200, generator=g), torch.randn(40, 200, generator=g)
+    a, b = torch.randn(20, 200, generator=g).to(device), torch.randn(40, 200, generator=g).to(device)
     assert torch.allclose(fp8_matmul(a, b, backend="scaled_mm"), fp8_matmul(a, b), rtol=1e-5, atol=1e-5)
     # the whole FP8Linear (three GEMMs) on that backend
-    lin = torch.nn.Linear(200, 40, bias=False)
-    x = torch.randn(20, 200, generator=g, requires_grad=True)
+    lin = torch.nn.Linear(200, 40, bias=False).to(device)
+    x = torch.randn(20, 200, generator=g).to(device).requires_grad_()
     grads = []
     for backend in ("scaled_mm", "dequant"):
         y = FP8Linear.from_linear(lin, backend=backend)(x)
@@ -256,9 +259,9 @@ def test_accumulation_adds_one_exact_mma_slice_at_a_time():
         limited_precision_matmul(a, b, 14, 128, 0)
 
 
-def test_limited_accumulation_exact_with_full_precision_and_worse_without_promotion():
+def test_limited_accumulation_exact_with_full_precision_and_worse_without_promotion(device):
     g = torch.Generator().manual_seed(6)
-    a, b = torch.randn(8, 300, generator=g), torch.randn(5, 300, generator=g)
+    a, b = torch.randn(8, 300, generator=g).to(device), torch.randn(5, 300, generator=g).to(device)
     exact = (a.double() @ b.double().t())
     assert torch.allclose(limited_precision_matmul(a, b, 52, None).double(), exact, rtol=1e-6, atol=1e-5)
     rows = {r["k"]: r for r in accumulation_error_vs_k(ks=(512, 4096), m=16, n=16)}
@@ -274,13 +277,13 @@ def fq(x, granularity):
     return fake_quantize(x, "e4m3", granularity)
 
 
-def test_fp8_linear_all_three_gemms():
+def test_fp8_linear_all_three_gemms(device):
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(2, 96, 200, generator=g, requires_grad=True)   # M = 192 tokens, K = 200
-    lin = torch.nn.Linear(200, 300, bias=True)
+    x = torch.randn(2, 96, 200, generator=g).to(device).requires_grad_()   # M = 192 tokens, K = 200
+    lin = torch.nn.Linear(200, 300, bias=True).to(device)
     fp8 = FP8Linear.from_linear(lin)
     assert fp8.weight is lin.weight and fp8.bias is lin.bias
-    dy = torch.randn(2, 96, 300, generator=g)
+    dy = torch.randn(2, 96, 300, generator=g).to(device)
     y = fp8(x)
     dx, dw, db = torch.autograd.grad(y, (x, lin.weight, lin.bias), dy)
     # independent reference of the recipe, written with fake quantization (float64 GEMMs)
@@ -357,11 +360,11 @@ def test_recipe_keeps_eh_proj_in_high_precision_unless_asked():
         apply_fp8_recipe(MTPModel(cfg), "mtp", eh_proj_fp8="yes")
 
 
-def test_recipe_copy_forward_and_errors():
+def test_recipe_copy_forward_and_errors(device):
     cfg = get_preset("tiny")
     torch.manual_seed(0)
-    model = MTPModel(cfg).eval()
-    tokens = torch.randint(0, cfg.vocab_size, (2, 24))
+    model = MTPModel(cfg).to(device).eval()
+    tokens = torch.randint(0, cfg.vocab_size, (2, 24)).to(device)
     drafter = apply_fp8_recipe(model, "mtp", inplace=False)
     assert not fp8_layers(model) and model.config.fp8 == "none"
     with torch.no_grad():
@@ -377,12 +380,12 @@ def test_recipe_copy_forward_and_errors():
         cfg.replace(fp8="bf16")
 
 
-def test_model_stats_collection():
+def test_model_stats_collection(device):
     cfg = get_preset("tiny", fp8="all")
     torch.manual_seed(0)
-    model = MTPModel(cfg)
+    model = MTPModel(cfg).to(device)
     assert record_fp8_stats(model) == len(expected_names(cfg, "all"))
-    tokens = torch.randint(0, cfg.vocab_size, (2, 16))
+    tokens = torch.randint(0, cfg.vocab_size, (2, 16)).to(device)
     model(tokens).logits.sum().backward()
     stats = fp8_stats(model)
     assert set(stats) == expected_names(cfg, "all")

@@ -11,9 +11,9 @@ from mtp_lab import ModelConfig, MTPModel, RMSNorm, get_preset, mtp_lambda, mtp_
 from mtp_lab.layers import CausalSelfAttention, causal_mask
 
 
-def make_model(seed=0, **overrides):
+def make_model(seed=0, device="cpu", **overrides):
     torch.manual_seed(seed)
-    model = MTPModel(get_preset("tiny", **overrides)).eval()
+    model = MTPModel(get_preset("tiny", **overrides)).to(device).eval()
     # random gains so that a norm applied at the wrong place changes the numbers
     with torch.no_grad():
         for p in model.parameters():
@@ -22,8 +22,8 @@ def make_model(seed=0, **overrides):
     return model
 
 
-def tokens(B=2, T=20, V=64, seed=1):
-    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+def tokens(B=2, T=20, V=64, seed=1, device="cpu"):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 # ---------------------------------------------------------------- components
@@ -81,9 +81,9 @@ def test_causal_mask_is_lower_right():
 
 # ---------------------------------------------------------------- KV cache
 
-def test_one_token_cached_steps_equal_full_forward():
-    model = make_model()
-    x = tokens(B=2, T=17)
+def test_one_token_cached_steps_equal_full_forward(device):
+    model = make_model(device=device)
+    x = tokens(B=2, T=17, device=device)
     full, _ = model.forward_main(x)
     cache = model.new_cache(batch=2)
     steps = [model.forward_main(x[:, t:t + 1], cache)[0] for t in range(x.shape[1])]
@@ -92,9 +92,9 @@ def test_one_token_cached_steps_equal_full_forward():
 
 
 @pytest.mark.parametrize("chunks", [[5, 3, 1, 4, 4], [1, 7, 9], [10, 2, 5]])
-def test_multi_token_cached_steps_equal_full_forward(chunks):
-    model = make_model()
-    x = tokens(B=1, T=sum(chunks))
+def test_multi_token_cached_steps_equal_full_forward(chunks, device):
+    model = make_model(device=device)
+    x = tokens(B=1, T=sum(chunks), device=device)
     full, hidden = model.forward_main(x)
     cache, start, outs, hs = model.new_cache(), 0, [], []
     for n in chunks:
@@ -106,9 +106,9 @@ def test_multi_token_cached_steps_equal_full_forward(chunks):
     torch.testing.assert_close(torch.cat(hs, 1), hidden, rtol=1e-5, atol=1e-5)
 
 
-def test_cache_truncate_then_recompute():
-    model = make_model()
-    x, y = tokens(B=1, T=12, seed=3), tokens(B=1, T=4, seed=4)
+def test_cache_truncate_then_recompute(device):
+    model = make_model(device=device)
+    x, y = tokens(B=1, T=12, seed=3, device=device), tokens(B=1, T=4, seed=4, device=device)
     cache = model.new_cache()
     model.forward_main(x, cache)
     model.forward_main(y, cache)                # 4 tokens that are then "rejected"
@@ -119,9 +119,9 @@ def test_cache_truncate_then_recompute():
     torch.testing.assert_close(step, ref[:, 12:], rtol=1e-5, atol=1e-5)
 
 
-def test_mtp_module_cached_steps_equal_full_forward():
-    model = make_model()
-    x = tokens(B=1, T=15)
+def test_mtp_module_cached_steps_equal_full_forward(device):
+    model = make_model(device=device)
+    x = tokens(B=1, T=15, device=device)
     out = model(x)
     cache = model.new_cache()
     _, hidden = model.forward_main(x)
@@ -141,9 +141,9 @@ def test_cache_overflow_raises_clear_error():
 # ---------------------------------------------------------------- MTP modules
 
 @pytest.mark.parametrize("mtp_input_norm", [True, False])
-def test_each_depth_equals_hand_recomputation(mtp_input_norm):
-    model = make_model(mtp_input_norm=mtp_input_norm, mtp_depth=3)
-    x = tokens(B=2, T=10)
+def test_each_depth_equals_hand_recomputation(mtp_input_norm, device):
+    model = make_model(device=device, mtp_input_norm=mtp_input_norm, mtp_depth=3)
+    x = tokens(B=2, T=10, device=device)
     out = model(x)
     T = x.shape[1]
     # main model by hand
@@ -175,9 +175,9 @@ def test_zero_depth_model_has_no_mtp():
 
 
 @pytest.mark.parametrize("j", [0, 4, 9, 15])
-def test_causality_by_perturbation(j):
-    model = make_model(mtp_depth=3)
-    x = tokens(B=1, T=16)
+def test_causality_by_perturbation(j, device):
+    model = make_model(device=device, mtp_depth=3)
+    x = tokens(B=1, T=16, device=device)
     x2 = x.clone()
     x2[0, j] = (x2[0, j] + 1) % 64
     a, b = model(x), model(x2)
@@ -193,10 +193,10 @@ def test_causality_by_perturbation(j):
             assert not torch.allclose(a.mtp_logits[k - 1][:, j - k], b.mtp_logits[k - 1][:, j - k])
 
 
-def test_no_label_leak_target_token_invisible():
+def test_no_label_leak_target_token_invisible(device):
     """Depth k at position i predicts t_{i+k+1}: changing that token must not change its own logits."""
-    model = make_model(mtp_depth=2)
-    x = tokens(B=1, T=12)
+    model = make_model(device=device, mtp_depth=2)
+    x = tokens(B=1, T=12, device=device)
     for k in (1, 2):
         i = 4
         x2 = x.clone()
@@ -221,9 +221,9 @@ def reference_loss(out, targets, lam):
     return main + lam / D * sum(depth), main, depth
 
 
-def test_loss_equals_hand_reference():
-    model = make_model(mtp_depth=2)
-    seq = tokens(B=2, T=9)
+def test_loss_equals_hand_reference(device):
+    model = make_model(device=device, mtp_depth=2)
+    seq = tokens(B=2, T=9, device=device)
     x, y = seq[:, :-1], seq[:, 1:]
     out = model(x)
     parts = mtp_loss(out, y, lam=0.3)
@@ -261,10 +261,10 @@ def test_loss_bad_input():
     (dict(lam="0.3"), "lambda must be a finite number >= 0"),
     (dict(lam=True), "lambda must be a finite number >= 0"),
 ])
-def test_loss_refuses_unusable_targets_and_lambda(change, match):
-    model = make_model()
-    out = model(tokens(T=8))
-    y = tokens(T=8, seed=3)
+def test_loss_refuses_unusable_targets_and_lambda(change, match, device):
+    model = make_model(device=device)
+    out = model(tokens(T=8, device=device))
+    y = tokens(T=8, seed=3, device=device)
     if "pad" in change:
         y[1, 5] = change["pad"]
     if "pad_all" in change:

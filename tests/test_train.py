@@ -40,9 +40,9 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 110))
 
 
-def test_training_lowers_loss_and_reports_everything(corpus):
+def test_training_lowers_loss_and_reports_everything(corpus, device):
     history = History()
-    trainer = Trainer(tiny_cfg(), train_cfg(), corpus, callbacks=[history])
+    trainer = Trainer(tiny_cfg(), train_cfg(), corpus, callbacks=[history], device=device)
     before = trainer.evaluate()
     evals = trainer.fit()
     after = evals[-1][1]
@@ -77,19 +77,19 @@ def test_seeded_runs_are_identical_on_cpu(corpus):
     runs = []
     for _ in range(2):
         h = History()
-        Trainer(tiny_cfg(), train_cfg(steps=6), corpus, callbacks=[h]).fit()
+        Trainer(tiny_cfg(), train_cfg(steps=6), corpus, callbacks=[h], device="cpu").fit()
         runs.append([r.loss for r in h.steps])
     assert runs[0] == runs[1]
 
 
-def test_resume_gives_the_same_losses(corpus, tmp_path):
+def test_resume_gives_the_same_losses(corpus, tmp_path, device):
     full = History()
-    Trainer(tiny_cfg(), train_cfg(steps=12), corpus, callbacks=[full]).fit()
-    first = Trainer(tiny_cfg(), train_cfg(steps=12), corpus)
+    Trainer(tiny_cfg(), train_cfg(steps=12), corpus, callbacks=[full], device=device).fit()
+    first = Trainer(tiny_cfg(), train_cfg(steps=12), corpus, device=device)
     for _ in range(5):
         first.train_step()
     first.save(tmp_path)                                   # stopped after 5 of 12 steps
-    resumed, rest = Trainer(tiny_cfg(), train_cfg(steps=12), corpus, callbacks=[History()]), History()
+    resumed, rest = Trainer(tiny_cfg(), train_cfg(steps=12), corpus, callbacks=[History()], device=device), History()
     resumed.callbacks = [rest]
     resumed.resume(tmp_path)
     assert resumed.step == 5
@@ -104,11 +104,11 @@ def test_resume_refuses_another_config(corpus, tmp_path):
         Trainer(tiny_cfg(mtp_depth=1), train_cfg(steps=2), corpus).resume(tmp_path)
 
 
-def test_evaluate_matches_direct_computation():
+def test_evaluate_matches_direct_computation(device):
     torch.manual_seed(0)
-    model = MTPModel(tiny_cfg(mtp_depth=2))
-    x = torch.randint(0, VOCAB, (3, 16))
-    y = torch.randint(0, VOCAB, (3, 16))
+    model = MTPModel(tiny_cfg(mtp_depth=2)).to(device)
+    x = torch.randint(0, VOCAB, (3, 16)).to(device)
+    y = torch.randint(0, VOCAB, (3, 16)).to(device)
     result = evaluate(model, [(x, y)])
     out = model(x)
     main_pred = out.logits.argmax(-1)
