@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 from tokenizers import Tokenizer
 
 from .config import ModelConfig, check_choice
-from .data import ASSETS, atomic_write_bytes, load_tokenizer, save_tokenizer
+from .data import ASSETS, DEFAULT_TOKENIZER, atomic_write_bytes, load_tokenizer, save_tokenizer
 from .model import MTPModel, mtp_state
 
 MODEL_FILE = "model.safetensors"
@@ -46,8 +46,9 @@ STAGING_DIR = ".staging"                         # where save_checkpoint writes 
 UNDISTILLED_FILE = "mtp_undistilled.safetensors"  # the MTP modules as MTP-loss training left them (mtp_lab.distill)
 MTPWeights = Literal["distilled", "undistilled"]  # which MTP modules load_pretrained puts in a distilled model
 CHECKPOINT_FILES = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE, OPTIMIZER_FILE)  # trainer.json records their sha256
-PRETRAINED_DIR = ASSETS / "course_model"
-SHALLOW_DIR = ASSETS / "shallow_model"          # the previous, 4-block course model (preset "shallow")
+PRETRAINED_DIR = ASSETS / "course_model"         # mtp_lab/assets in an installed wheel, assets/ in a checkout
+SHALLOW_DIR = ASSETS / "shallow_model"          # the previous, 4-block course model (preset "shallow"); it has no
+                                                # tokenizer.json of its own: it shares the course model's
 PRETRAINED_COMMAND = ("torchrun --standalone --nproc_per_node=2 -m mtp_lab.cli train --preset course --steps 1800 "
                       "--threads 1 --out runs/course --export assets/course_model --distill-steps 300")
 
@@ -274,6 +275,8 @@ def load_pretrained(path: str | Path | None = None, device: str | torch.device =
     if mtp == "undistilled":
         _load_undistilled(model, directory)
     tok_path = directory / TOKENIZER_FILE
+    if not tok_path.is_file() and directory.resolve().parent == ASSETS.resolve():
+        tok_path = DEFAULT_TOKENIZER                    # a shipped model: the one shipped copy of the tokenizer
     try:
         tokenizer = load_tokenizer(tok_path)
     except (FileNotFoundError, ValueError) as e:

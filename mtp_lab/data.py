@@ -1,8 +1,12 @@
-"""The corpus (the Python standard library on this machine), its train/val/test split, the BPE tokenizer,
-and the token streams the trainer samples from.
+"""The corpus (the Python standard library), its train/val/test split, the BPE tokenizer, and the token streams
+the trainer samples from.
 
-Corpus: every `*.py` file under the standard library root (`sysconfig.get_paths()["stdlib"]`), except
-`site-packages/` (third-party code) and test suites (any directory named `test`, `tests` or `idle_test`).
+Corpus: every `*.py` file under a standard library root, except `site-packages/` (third-party code) and test
+suites (any directory named `test`, `tests` or `idle_test`). By default the root is the shipped snapshot
+(`assets/stdlib_corpus.tar.xz`: the 734 files of CPython 3.11.7's library that the course model was trained on,
+its version and sha256 in `assets/stdlib_corpus.json`), unpacked once into cache_dir(), so every Python reads
+the same corpus and prints the same numbers; `root=stdlib_root()` (`mtp-lab train --root`) reads this
+interpreter's own library instead.
 Each file gives up to two documents: its source code, and its docstrings (module, class and function
 docstrings, extracted with `ast`, joined by blank lines). `mix` picks "code", "docstrings" or "both".
 
@@ -19,10 +23,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sysconfig
+import tarfile
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
@@ -37,18 +43,58 @@ TEST_FRACTION = 0.05
 Mix = Literal["code", "docstrings", "both"]   # the documents of each corpus file: source, docstrings, or both
 EOT = "<|endoftext|>"                       # separates documents in the token stream
 EXCLUDED_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__"})
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_TOKENIZER = ASSETS / "tokenizer.json"
+_PACKAGE = Path(__file__).resolve().parent
+# the shipped files: mtp_lab/assets in an installed wheel (package data), assets/ beside the package in a checkout
+ASSETS = _PACKAGE / "assets" if (_PACKAGE / "assets").is_dir() else _PACKAGE.parent / "assets"
+DEFAULT_TOKENIZER = ASSETS / "course_model" / "tokenizer.json"   # the course model's BPE, the one shipped copy
+SNAPSHOT = ASSETS / "stdlib_corpus.tar.xz"        # the corpus the course model was trained on (module docstring)
+SNAPSHOT_INFO = ASSETS / "stdlib_corpus.json"     # its Python version, file count and sha256
 
 
 def stdlib_root() -> Path:
-    """The standard library of the running interpreter."""
+    """The standard library of the running interpreter (the corpus with `root=stdlib_root()`)."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def snapshot_root() -> Path:
+    """The shipped corpus snapshot as a folder: unpacked on first use into cache_dir()/stdlib-<python>-<sha256[:12]>
+    after its sha256 is checked against SNAPSHOT_INFO (regular files with relative paths only), then reused."""
+    try:
+        info = json.loads(SNAPSHOT_INFO.read_text(encoding="utf-8"))
+        target = cache_dir() / f"stdlib-{info['python']}-{info['sha256'][:12]}"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FileNotFoundError(f"corpus snapshot record {SNAPSHOT_INFO} is missing or unreadable ({e}); reinstall "
+                                f"mtp-lab, or pass a corpus folder (root=stdlib_root(), mtp-lab train --root)") from e
+    if (target / ".complete").is_file():
+        return target
+    data = SNAPSHOT.read_bytes() if SNAPSHOT.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise ValueError(f"corpus snapshot {SNAPSHOT} is missing or does not match the sha256 in {SNAPSHOT_INFO}; "
+                         f"restore it (git checkout assets/, or reinstall mtp-lab)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:xz") as tar:
+            for member in tar.getmembers():
+                rel = PurePosixPath(member.name)
+                if not member.isfile() or rel.is_absolute() or ".." in rel.parts:
+                    raise ValueError(f"corpus snapshot {SNAPSHOT}: unexpected member {member.name!r}")
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                (staging / rel).write_bytes(tar.extractfile(member).read())
+        (staging / ".complete").write_text(info["sha256"] + "\n", encoding="utf-8")
+        try:
+            os.rename(staging, target)
+        except OSError:                       # another process (a torchrun rank) unpacked it first
+            if not (target / ".complete").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def list_files(root: Path | None = None) -> list[str]:
-    """Relative '/'-separated paths of the corpus files under `root`, sorted."""
-    root = Path(root) if root is not None else stdlib_root()
+    """Relative '/'-separated paths of the corpus files under `root` (default: the shipped snapshot), sorted."""
+    root = Path(root) if root is not None else snapshot_root()
     if not root.is_dir():
         raise ValueError(f"corpus root {root} is not a directory; pass the Python standard library folder")
     out = []
@@ -85,7 +131,7 @@ def docstrings(source: str) -> list[str]:
 def documents(files: list[str], root: Path | None = None, mix: Mix = "both") -> list[str]:
     """The documents of `files`: source code and/or joined docstrings, per file, in file order."""
     check_choice("mix", mix, Mix)
-    root = Path(root) if root is not None else stdlib_root()
+    root = Path(root) if root is not None else snapshot_root()
     docs = []
     for rel in files:
         source = read_source(root / rel)
@@ -209,7 +255,7 @@ def build_corpus(tokenizer: Tokenizer | str | Path | None = DEFAULT_TOKENIZER, r
     None trains one without saving. Encoded streams are cached under cache_dir(), keyed by a hash of
     the tokenizer, mix and each file's path and size (written atomically; delete the folder to reset).
     """
-    root = Path(root) if root is not None else stdlib_root()
+    root = Path(root) if root is not None else snapshot_root()
     files = list_files(root) if files is None else sorted(files)
     groups = split_files(files)
     if not groups["train"]:

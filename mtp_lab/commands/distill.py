@@ -11,7 +11,7 @@ import torch
 
 from .. import distill as library
 from ..distill import DistillConfig, distill
-from .flags import add_dataclass_flags, check_output, dataclass_values, set_threads
+from .flags import ROOT_HELP, add_dataclass_flags, check_output, dataclass_values, set_threads
 
 
 def register(subparsers) -> None:
@@ -20,8 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, help="model folder (default: the shipped course model)")
     p.add_argument("--out", required=True, help="folder to write the distilled model to")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--root", default=None, help="corpus folder of .py files (default: this Python's "
-                                                "standard library)")
+    p.add_argument("--root", default=None, help=ROOT_HELP)
     add_dataclass_flags(p, DistillConfig)
     p.set_defaults(func=run)
 

@@ -19,6 +19,9 @@ import types
 import typing
 from pathlib import Path
 
+ROOT_HELP = ("corpus folder of .py files (default: the shipped snapshot of Python 3.11.7's standard library, the "
+             "course model's corpus); this Python's own library: --root \"$(python -c 'import sysconfig; "
+             "print(sysconfig.get_paths()[\"stdlib\"])')\"")
 FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*#\s?(.*)$")
 CONTINUATION = re.compile(r"^\s+#\s?(.*)$")
 

@@ -19,7 +19,7 @@ import torch
 from ..config import ModelConfig, get_preset
 from ..data import Mix
 from ..train import TrainConfig
-from .flags import add_dataclass_flags, check_output, dataclass_values, set_threads
+from .flags import ROOT_HELP, add_dataclass_flags, check_output, dataclass_values, set_threads
 
 MODEL_FLAGS = ("mtp_depth", "fp8")   # ModelConfig fields a new run may override on its preset
 SKIPPED = {"betas"}                   # TrainConfig fields without a flag
@@ -41,12 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--export-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     # TrainConfig's fields; a flag left out keeps the default (or, with --resume, the saved run's value)
     add_dataclass_flags(p, TrainConfig, skip=SKIPPED, keep_defaults=False, rename={"lam": "lambda"})
-    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: assets/tokenizer.json; "
+    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: assets/course_model/tokenizer.json; "
                                                      "trained on the train split and saved if missing)")
     p.add_argument("--vocab-size", type=int, default=None, help="vocabulary of a newly trained tokenizer "
                                                                    "(default: the preset's vocab_size)")
-    p.add_argument("--root", default=None, help="corpus folder of .py files (default: this Python's "
-                                                "standard library)")
+    p.add_argument("--root", default=None, help=ROOT_HELP)
     p.add_argument("--mix", choices=get_args(Mix), default="both", help="corpus documents (default: both)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--distill-steps", type=int, default=0,
