@@ -14,15 +14,19 @@ A training checkpoint (`save_checkpoint`, what `mtp-lab train --out DIR` keeps) 
 are written to DIR/.staging/ first, trainer.json last: a .staging holding trainer.json is the commit. Then they
 are moved into DIR one by one, trainer.json last, and .staging is removed. A kill at any point leaves either the
 previous checkpoint intact (uncommitted .staging) or a commit that `recover` completes before the next resume or
-save, so a resume sees the old checkpoint or the new one, never a mix; `load_train_state` also checks every file
-against the sha256 recorded in trainer.json.
+save, so a resume sees the old checkpoint or the new one, never a mix. Every load of a training checkpoint
+(`load_model`, hence `load_pretrained`, bench, distill, resume) first checks each file against the sha256 recorded
+in trainer.json, and the config's sizes, before any model is built; `load_train_state` also cross-checks the step
+against AdamW's own step counts. `lock` keeps two processes from writing one folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -33,7 +37,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tokenizers import Tokenizer
 
-from .config import ModelConfig, check_choice
+from .config import MAX_STEPS, ModelConfig, check_choice
 from .data import ASSETS, DEFAULT_TOKENIZER, atomic_write_bytes, load_tokenizer, save_tokenizer
 from .model import MTPModel, mtp_state
 
@@ -46,11 +50,14 @@ STAGING_DIR = ".staging"                         # where save_checkpoint writes 
 UNDISTILLED_FILE = "mtp_undistilled.safetensors"  # the MTP modules as MTP-loss training left them (mtp_lab.distill)
 MTPWeights = Literal["distilled", "undistilled"]  # which MTP modules load_pretrained puts in a distilled model
 CHECKPOINT_FILES = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE, OPTIMIZER_FILE)  # trainer.json records their sha256
+LOCK_FILE = ".lock"                              # held (flock) by the process writing the folder
+MODEL_MARKERS = (CONFIG_FILE, MODEL_FILE, TRAINER_FILE, OPTIMIZER_FILE, UNDISTILLED_FILE)  # a model or run lives here
 PRETRAINED_DIR = ASSETS / "course_model"         # mtp_lab/assets in an installed wheel, assets/ in a checkout
 SHALLOW_DIR = ASSETS / "shallow_model"          # the previous, 4-block course model (preset "shallow"); it has no
                                                 # tokenizer.json of its own: it shares the course model's
+SHIPPED = (ASSETS, PRETRAINED_DIR, SHALLOW_DIR, DEFAULT_TOKENIZER)  # shipped with the package: never an output
 PRETRAINED_COMMAND = ("torchrun --standalone --nproc_per_node=2 -m mtp_lab.cli train --preset course --steps 1800 "
-                      "--threads 1 --out runs/course --export assets/course_model --distill-steps 300")
+                      "--threads 1 --out runs/course --export runs/course_model --distill-steps 300")
 
 
 class CheckpointError(ValueError):
@@ -69,6 +76,9 @@ def _read_json(path: Path) -> dict:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e}); the file is corrupt or truncated") from e
+    except RecursionError as e:
+        raise CheckpointError(f"{path}: JSON nested too deeply to read; the file is corrupt or not written by "
+                              f"mtp_lab") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a JSON {type(obj).__name__}, not an object; the file is corrupt "
                               f"or not written by mtp_lab")
@@ -112,9 +122,12 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, dict]:
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> MTPModel:
-    """Rebuild the model from config.json and fill it from model.safetensors (checked key by key)."""
+    """Rebuild the model from config.json and fill it from model.safetensors (checked key by key). The config's
+    sizes (ModelConfig's bounds) and, in a training checkpoint, every file's sha256 are checked first."""
     directory = Path(directory)
     cfg, _ = load_config(directory)
+    if (directory / TRAINER_FILE).exists():
+        verify_files(directory, read_manifest(directory))
     path = directory / MODEL_FILE
     state = _read_tensors(path)
     model = MTPModel(cfg)
@@ -146,6 +159,42 @@ def _check_state(path: Path, state: dict[str, torch.Tensor], expected: dict[str,
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def holds_model(directory: str | Path) -> bool:
+    """True if `directory` holds a model or a training run (any of its files, or a committed save)."""
+    directory = Path(directory)
+    return directory.is_dir() and (any((directory / name).exists() for name in MODEL_MARKERS)
+                                   or (directory / STAGING_DIR / TRAINER_FILE).exists())
+
+
+@contextlib.contextmanager
+def lock(directory: str | Path, what: str = "--out"):
+    """Hold DIR/.lock (an flock, released by the kernel even after kill -9) while writing DIR; a second process
+    is refused with one line. A folder this call had to create is removed again if nothing else was put in it."""
+    directory = Path(directory)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            raise ValueError(f"{what} {directory} is being written by another process (pid {holder}); wait for it "
+                             f"to finish or stop it, or give another {what}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield directory
+        finally:
+            path.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):       # not empty: the run wrote something, keep it
+                    directory.rmdir()
+    finally:
+        os.close(fd)
 
 
 def save_train_state(directory: str | Path, optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -184,29 +233,56 @@ def recover(directory: str | Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def read_trainer_state(directory: str | Path) -> dict:
-    """trainer.json of a training checkpoint (after `recover`), checked for its step."""
-    recover(directory)
+def read_manifest(directory: str | Path) -> dict:
+    """trainer.json as it is (no `recover`), its types checked: step an int in [0, 2^40] (not a bool), elapsed a
+    finite number >= 0, and a sha256 for the optimizer file and every other checkpoint file in the folder."""
     path = Path(directory) / TRAINER_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: file missing, so {directory} holds no training checkpoint to resume "
-                              f"(`mtp-lab train --out DIR` writes one)")
+        found = " (it holds a model, not a training run)" if holds_model(directory) else ""
+        raise CheckpointError(f"{path}: file missing, so {directory} holds no training checkpoint to resume{found}; "
+                              f"`mtp-lab train --out DIR` writes one")
     meta = _read_json(path)
-    if not (isinstance(meta.get("step"), int) and meta["step"] >= 0):
-        raise CheckpointError(f"{path}: no 'step' (an integer >= 0); the file is corrupt: resume from a copy of "
-                              f"the run, or start again (mtp-lab train --overwrite)")
+    fix = "the file is corrupt: resume from a copy of the run, or start again (mtp-lab train --overwrite)"
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEPS:
+        raise CheckpointError(f"{path}: no 'step' (an integer >= 0), got {str(step)[:40]!r}; {fix}")
+    elapsed = meta.get("elapsed", 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not (math.isfinite(elapsed)
+                                                                                  and elapsed >= 0):
+        raise CheckpointError(f"{path}: 'elapsed' must be a number of seconds >= 0, got {str(elapsed)[:40]!r}; {fix}")
+    sha = meta.get("sha256")
+    listed = [name for name in CHECKPOINT_FILES if name == OPTIMIZER_FILE or (Path(directory) / name).exists()]
+    if not (isinstance(sha, dict) and all(isinstance(sha.get(name), str) and len(sha[name]) == 64 for name in listed)
+            and set(sha) <= set(CHECKPOINT_FILES)):
+        raise CheckpointError(f"{path}: no sha256 of each of {', '.join(listed)}, so the files cannot be checked; "
+                              f"{fix}")
     return meta
+
+
+def verify_files(directory: str | Path, meta: dict) -> None:
+    """Every file listed in trainer.json's sha256 (`meta`, from read_manifest) against its hash."""
+    directory = Path(directory)
+    for name, digest in meta["sha256"].items():
+        if not (directory / name).is_file() or _sha256(directory / name) != digest:
+            raise CheckpointError(f"{directory / name}: does not match the sha256 recorded in {TRAINER_FILE}: the "
+                                  f"folder mixes files of different checkpoints (or a save is in progress); restore "
+                                  f"them from one save")
+
+
+def read_trainer_state(directory: str | Path) -> dict:
+    """trainer.json of a training checkpoint, after `recover` completed or dropped an interrupted save."""
+    recover(directory)
+    return read_manifest(directory)
 
 
 def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> dict:
     """Check every file against trainer.json's sha256, restore the optimizer saved by save_train_state
-    (moments checked against the parameters); returns the trainer state dict (step, ...)."""
+    (moments checked against the parameters, AdamW's step counts against trainer.json's step); returns the
+    trainer state dict (step, ...)."""
     directory = Path(directory)
     meta = read_trainer_state(directory)
-    for name, digest in meta.pop("sha256", {}).items():          # checkpoints written before the hashes: none
-        if not (directory / name).is_file() or _sha256(directory / name) != digest:
-            raise CheckpointError(f"{directory / name}: does not match the sha256 recorded in {TRAINER_FILE}: the "
-                                  f"folder mixes files of different checkpoints; restore them from one save")
+    verify_files(directory, meta)
+    del meta["sha256"]
     path = directory / OPTIMIZER_FILE
     params = [p for g in optimizer.param_groups for p in g["params"]]
     groups = meta.pop("param_groups", None)
@@ -227,11 +303,29 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer) ->
             raise CheckpointError(f"{path}: tensor {key!r} holds NaN or inf, so training would only write NaN "
                                   f"weights; resume from an earlier copy of the run, or start again (--overwrite)")
         state.setdefault(int(index), {})[name] = t
+    _check_moments(path, state, len(params), meta["step"])
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot restore optimizer state: {e}") from e
     return meta
+
+
+def _check_moments(path: Path, state: dict[int, dict], n_params: int, step: int) -> None:
+    """AdamW's state against trainer.json: after `step` > 0 steps every parameter has its two moments and a step
+    count equal to `step` (one optimizer step per training step); at step 0 there is no state yet."""
+    for i in range(n_params) if step else []:
+        names = set(state.get(i, {}))
+        if names != {"step", "exp_avg", "exp_avg_sq"}:
+            raise CheckpointError(f"{path}: parameter {i} has optimizer state {sorted(names)}, not step, exp_avg and "
+                                  f"exp_avg_sq; the file is incomplete: resume from a copy of the run, or start again")
+        count = state[i]["step"]
+        if count.numel() != 1 or float(count) != step:
+            raise CheckpointError(f"{path}: AdamW counted {count.flatten()[:1].tolist()} steps for parameter {i}, "
+                                  f"{TRAINER_FILE} says step {step}; the files disagree: resume from a copy of the "
+                                  f"run, or start again")
+    if not step and state:
+        raise CheckpointError(f"{path}: optimizer state at step 0; {TRAINER_FILE} and the optimizer disagree")
 
 
 def save_undistilled(directory: str | Path, mtp_state: dict[str, torch.Tensor] | None,

@@ -14,12 +14,42 @@ FP8Recipe = Literal["main", "mtp", "all"]     # block linears put in FP8: main b
 FP8Scope = Literal["none", FP8Recipe]         # ModelConfig.fp8: a recipe scope, or none
 
 
-def check_int(name: str, value, minimum: int = 0, note: str = "") -> int:
-    """`value` itself if it is a real int (not a bool, float or string) >= minimum, else a ValueError that names
-    the argument, what it must be (plus `note`, e.g. " (0 = plain decoding)") and what it got."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+SEED_LIMIT = 2 ** 64           # seeds lie in [0, 2^64): what torch.manual_seed and numpy's SeedSequence take
+MAX_STEPS = 2 ** 40            # bound on step counts and batch sizes: a larger one is a typo, not a plan
+MAX_LR = 10.0                  # a peak learning rate above this only diverges (and near 3e38 overflows AdamW)
+MAX_PARAMETERS = 2 ** 30       # a ModelConfig larger than this (4 GiB of fp32 weights) is refused before it is built
+MAX_MTP_DEPTH = 32             # D; DeepSeek-V3 uses 1, and drafts this deep are almost never accepted
+MAX_SEQ_LEN = 2 ** 16          # max_seq_len; the rotary table and every KV cache are this long
+
+
+def check_int(name: str, value, minimum: int = 0, note: str = "", maximum: int | None = None) -> int:
+    """`value` itself if it is a real int (not a bool, float or string) in [minimum, maximum], else a ValueError
+    that names the argument, what it must be (plus `note`, e.g. " (0 = plain decoding)") and what it got."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or \
+            (maximum is not None and value > maximum):
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        kind += f" and <= {maximum}" if maximum is not None else ""
         raise ValueError(f"{name} must be {kind}{note}, got {value!r}")
+    return value
+
+
+def check_seed(name: str, value) -> int:
+    """A seed: an int in [0, 2^64) (not a bool or float)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2^64), got {value!r}")
+    return value
+
+
+def check_number(name: str, value, minimum: float = 0.0, maximum: float = math.inf, positive: bool = False,
+                 note: str = "") -> float:
+    """`value` itself if it is a finite real number (int or float, not a bool or string) in [minimum, maximum]
+    (`positive`: also > 0), else a ValueError naming the argument, the range and what it got."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and \
+        minimum <= value <= maximum and not (positive and value <= 0)
+    if not ok:
+        rng = f"> {minimum}" if positive and minimum == 0 else f">= {minimum}"
+        rng += f" and <= {maximum}" if math.isfinite(maximum) else ""
+        raise ValueError(f"{name} must be a finite number {rng}{note}, got {value!r}")
     return value
 
 
@@ -50,9 +80,10 @@ class ModelConfig:
                                   # "none" | "main" (main blocks) | "mtp" (MTP modules) | "all"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-            _check_int(self, name, minimum=1)
-        _check_int(self, "mtp_depth", minimum=0, note=" (D = 0 disables MTP)")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
+            _check_int(self, name, minimum=1, maximum=MAX_PARAMETERS)
+        _check_int(self, "max_seq_len", minimum=1, maximum=MAX_SEQ_LEN)
+        _check_int(self, "mtp_depth", minimum=0, note=" (D = 0 disables MTP)", maximum=MAX_MTP_DEPTH)
         for name in ("norm_eps", "rope_theta", "init_std"):
             _check_positive_float(self, name)
         if not isinstance(self.mtp_input_norm, bool):
@@ -65,6 +96,19 @@ class ModelConfig:
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"ModelConfig head size d_model/n_heads = {self.d_model // self.n_heads} must be "
                              f"even for rotary embeddings; change d_model or n_heads")
+        if self.parameters > MAX_PARAMETERS:                # checked before any tensor is allocated
+            raise ValueError(f"ModelConfig has {self.parameters:,} parameters, more than the {MAX_PARAMETERS:,} "
+                             f"(4 GiB of fp32 weights) mtp_lab builds; lower n_layers, d_model, d_ff, vocab_size "
+                             f"or mtp_depth")
+
+    @property
+    def parameters(self) -> int:
+        """The parameter count of MTPModel(self), from the shapes alone (nothing is allocated):
+        embedding and head 2VC, each block 4C^2 (attention) + 3CF (SwiGLU) + 2C (norms), the final norm C,
+        and each MTP module 3C (enorm, hnorm, shared_head.norm) + 2C^2 (eh_proj) + a block."""
+        C, F = self.d_model, self.d_ff
+        block = 4 * C * C + 3 * C * F + 2 * C
+        return 2 * self.vocab_size * C + self.n_layers * block + C + self.mtp_depth * (3 * C + 2 * C * C + block)
 
     @property
     def head_dim(self) -> int:
@@ -93,9 +137,9 @@ def _default(name: str):
     return next(f.default for f in dataclasses.fields(ModelConfig) if f.name == name)
 
 
-def _check_int(cfg: "ModelConfig", name: str, minimum: int, note: str = "") -> None:
+def _check_int(cfg: "ModelConfig", name: str, minimum: int, note: str = "", maximum: int | None = None) -> None:
     """check_int on a field, the message naming ModelConfig.name and its default."""
-    check_int(f"ModelConfig.{name}", getattr(cfg, name), minimum, f"{note}, e.g. {_default(name)}")
+    check_int(f"ModelConfig.{name}", getattr(cfg, name), minimum, f"{note}, e.g. {_default(name)}", maximum)
 
 
 def _check_positive_float(cfg: "ModelConfig", name: str) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import MAX_LR, MAX_STEPS, check_int, check_number, check_seed
 from .data import Corpus, sample_batch
 from .model import MTPModel, is_mtp
 
@@ -48,12 +49,20 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "generated", "prompt_len"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"DistillConfig.{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 <= self.generated_fraction <= 1.0:
-            raise ValueError(f"generated_fraction must lie in [0, 1], got {self.generated_fraction}")
+            check_int(f"DistillConfig.{name}", getattr(self, name), minimum=1, maximum=MAX_STEPS)
+        check_int("DistillConfig.warmup", self.warmup, minimum=0, maximum=MAX_STEPS, note=" (0 = no warmup)")
+        check_number("DistillConfig.lr", self.lr, positive=True, maximum=MAX_LR, note=" (the peak learning rate)")
+        check_number("DistillConfig.grad_clip", self.grad_clip, positive=True)
+        check_number("DistillConfig.generated_fraction", self.generated_fraction, maximum=1.0)
+        check_seed("DistillConfig.seed", self.seed)
         if self.prompt_len >= self.seq_len:
             raise ValueError(f"prompt_len ({self.prompt_len}) must be shorter than seq_len ({self.seq_len})")
+
+
+def lr_at(step: int, cfg: DistillConfig) -> float:
+    """Linear warmup over cfg.warmup steps (none for 0), then cosine decay to 0 at cfg.steps:
+    lr(s) = lr * min(1, (s+1)/warmup) * (1 + cos(pi * s / steps)) / 2."""
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
 
 
 @torch.inference_mode()
@@ -121,8 +130,7 @@ def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool 
     model.train()
     try:
         for step in range(cfg.steps):
-            # linear warmup, then cosine decay to 0
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
+            lr = lr_at(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
             natural, _ = sample_batch(train, cfg.batch_size - n_gen, cfg.seq_len, rng)
@@ -132,6 +140,11 @@ def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool 
             loss = torch.stack(losses).sum()
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(student, cfg.grad_clip)
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):      # the weights stay those of the last step
+                opt.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"distillation step {step + 1}: loss {loss.item()}, gradient norm "
+                                         f"{float(norm)} (lr {lr:.3g}): not finite; stopped before the update, "
+                                         f"nothing written: lower --lr")
             opt.step()
             opt.zero_grad(set_to_none=True)
             records.append({"step": step + 1, "loss": loss.item(), "depth": [d.item() for d in losses],

@@ -32,6 +32,7 @@ Granularity = Literal["tensor", "tile", "block"]     # one scale per tensor, per
 ScaleMode = Literal["amax", "pow2"]                  # s = amax / max, or its next power of two
 Backend = Literal["dequant", "chunked", "scaled_mm"]  # how scaled_matmul computes (its docstring)
 AMAX_FLOOR = 1e-4
+MAX_BLOCK_SIZE = 2 ** 12    # 32x DeepSeek's 128; a larger block only pads (2^31 padded every row out of memory)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def get_format(fmt: str | FP8Format) -> FP8Format:
 
 def _check(granularity: Granularity, block_size: int) -> None:
     check_choice("granularity", granularity, Granularity)
-    check_int("block_size", block_size, minimum=1)
+    check_int("block_size", block_size, minimum=1, maximum=MAX_BLOCK_SIZE,
+              note=" (DeepSeek-V3 uses 128; every row is zero-padded to a multiple of it)")
 
 
 def _pad(x: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from .config import check_int
 
+TINY_TEMPERATURE = 1e-6    # below it, logits are shifted to max 0 and divided in float64, so that none overflows
+
 
 def check_sampling(temperature, top_k, top_p) -> None:
     """ValueError naming the first bad setting: temperature a finite number >= 0, top_k None or an int >= 1,
@@ -47,7 +49,11 @@ def probs_from_logits(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature == 0:
         return F.one_hot(logits.argmax(-1), V).to(logits.dtype)
-    logits = logits / temperature
+    if temperature < TINY_TEMPERATURE:     # logits / T would overflow (inf - inf = NaN in softmax), T may be 0 in fp32:
+        wide = logits.double()              # shift the max to 0 (softmax is shift-invariant), divide in float64
+        logits = ((wide - wide.amax(-1, keepdim=True)) / temperature).to(logits.dtype)     # others -> -inf at worst
+    else:
+        logits = logits / temperature
     if top_k is not None and top_k < V:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]                 # (..., 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -9,6 +9,7 @@ training stream; rank 0 evaluates, logs and saves.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -21,9 +22,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_model, load_train_state, recover, save_checkpoint
-from .config import ModelConfig, check_choice
-from .data import Corpus, eval_batches, sample_batch
+from .checkpoint import TRAINER_FILE, CheckpointError, load_model, load_train_state, recover, save_checkpoint
+from .config import MAX_LR, MAX_STEPS, ModelConfig, check_choice, check_int, check_number, check_seed
+from .data import SPLITS, Corpus, eval_batches, sample_batch
 from .loss import mtp_lambda, mtp_loss
 from .model import MTPModel
 
@@ -51,25 +52,31 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "eval_interval", "eval_batches", "save_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise ValueError(f"TrainConfig.warmup must be >= 0, got {self.warmup}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):   # NaN fails every comparison: not v >= 0
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if self.lr == 0:
-            raise ValueError("TrainConfig.lr (the peak learning rate) must be > 0, got 0")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"TrainConfig.betas must lie in [0, 1), got {self.betas}")
+            check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1, maximum=MAX_STEPS)
+        check_int("TrainConfig.warmup", self.warmup, minimum=0, maximum=MAX_STEPS)
+        check_number("TrainConfig.lr", self.lr, positive=True, maximum=MAX_LR, note=" (the peak learning rate)")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            check_number(f"TrainConfig.{name}", getattr(self, name))
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2 and
+                all(not isinstance(b, bool) and isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
         check_choice("precision", self.precision, Precision)
-        if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"lambda must be a finite number >= 0 (or None for the schedule), got {self.lam}")
-        if not 0 <= self.seed < 2 ** 64:
-            raise ValueError(f"seed must lie in [0, 2^64), got {self.seed}")
+        if self.lam is not None:
+            check_number("lambda", self.lam, note=" (or None for the schedule)")
+        check_seed("TrainConfig.seed", self.seed)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def corpus_identity(corpus: Corpus) -> dict:
+    """What a run's data depends on, as recorded in its checkpoints: the sha256 of every split's token stream (it
+    covers the files, the mix and the tokenizer together), each split's length, and the tokenizer's sha256."""
+    tokens = hashlib.sha256()
+    for split in SPLITS:
+        tokens.update(split.encode() + corpus.splits[split].astype("<u2").tobytes())
+    return {"tokens_sha256": tokens.hexdigest(), "tokens": {s: len(corpus.splits[s]) for s in SPLITS},
+            "tokenizer_sha256": hashlib.sha256(corpus.tokenizer.to_str().encode()).hexdigest()}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -193,13 +200,17 @@ class Trainer:
     """Trains an MTPModel on a Corpus. `fit()` runs to cfg.steps; `save(dir)`/`resume(dir)` checkpoint."""
 
     def __init__(self, model_config: ModelConfig, cfg: TrainConfig, corpus: Corpus,
-                 callbacks: list[Callback] | None = None, device: str | torch.device | None = None):
+                 callbacks: list[Callback] | None = None, device: str | torch.device | None = None,
+                 corpus_source: dict | None = None):
+        """corpus_source: how the corpus was made ({"root": ..., "mix": ...}), recorded in every checkpoint with
+        corpus_identity(corpus), so that a resume can use (and check) the same data."""
         if cfg.seq_len > model_config.max_seq_len:
             raise ValueError(f"seq_len {cfg.seq_len} exceeds the model's max_seq_len {model_config.max_seq_len}")
         if corpus.vocab_size != model_config.vocab_size:
             raise ValueError(f"tokenizer vocabulary {corpus.vocab_size} != model vocab_size "
                              f"{model_config.vocab_size}; pass vocab_size={corpus.vocab_size}")
         self.cfg, self.corpus, self.callbacks = cfg, corpus, list(callbacks or [])
+        self.data = {**(corpus_source or {}), **corpus_identity(corpus)}
         self.rank, self.world = _init_distributed()
         self.device = torch.device(device or (f"cuda:{_local_rank()}" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(cfg.seed)                        # same initial weights on every rank
@@ -299,7 +310,8 @@ class Trainer:
         if not self.is_main:
             return
         save_checkpoint(directory, self.model, self.corpus.tokenizer, self.optimizer,
-                        {"step": self.step, "elapsed": self.elapsed, "train_config": self.cfg.to_dict()}, dtype)
+                        {"step": self.step, "elapsed": self.elapsed, "train_config": self.cfg.to_dict(),
+                         "data": self.data}, dtype)
         self.saved_step = self.step
 
     def resume(self, directory: str | Path) -> None:
@@ -311,6 +323,16 @@ class Trainer:
             raise ValueError(f"checkpoint {directory} has model config {loaded.config}, this run uses "
                              f"{self.model.config}; resume with the same preset and overrides")
         meta = load_train_state(directory, self.optimizer)
+        saved = meta.get("data")
+        if saved is not None and not (isinstance(saved, dict) and isinstance(saved.get("tokens_sha256"), str)):
+            raise CheckpointError(f"{Path(directory) / TRAINER_FILE}: 'data' is not the record of a corpus; the file "
+                                  f"is corrupt: resume from a copy of the run, or start again")
+        if saved is not None and saved["tokens_sha256"] != self.data["tokens_sha256"]:
+            def show(d):
+                return f"root {d.get('root') or 'default'}, mix {d.get('mix', '?')}, tokens {d.get('tokens')}"
+            raise ValueError(f"checkpoint {directory} was trained on other data ({show(saved)}) than this run's "
+                             f"({show(self.data)}); resume on the same corpus files, mix and tokenizer, or start a "
+                             f"new run")
         self.model.load_state_dict(loaded.state_dict())
         self.step, self.elapsed = meta["step"], float(meta.get("elapsed", 0.0))
         self.saved_step = self.step

@@ -70,22 +70,22 @@ TRAIN_CASES = {  # name -> (arguments after the common ones; {tmp}: a fresh fold
                                             r"replace it with --overwrite"),
     "export is a file": (["--out", "{tmp}/new", "--export", "{tmp}/a_file"], r"--export .*a_file is a file"),
     "export is out": (["--out", "{tmp}/new", "--export", "{tmp}/new/sub/.."],
-                      r"--export .* is a training checkpoint folder \(--out, or another run's\): the export "
-                      r"would replace its fp32 weights with bfloat16 ones"),
-    "export is a run": (["--out", "{tmp}/new", "--export", "{run}"], r"is a training checkpoint folder"),
+                      r"--export .* would overwrite --out .*new, which this command reads; give another --export"),
+    "export is a run": (["--out", "{tmp}/new", "--export", "{run}"], r"--export .* is a training run's folder: a "
+                        r"model written there would replace its fp32 weights and break its --resume"),
     "tokenizer is a folder": (["--out", "{tmp}/new", "--tokenizer", "{tmp}"], r"--tokenizer .* is a folder"),
     "tokenizer unwritable": (["--out", "{tmp}/new", "--tokenizer", UNWRITABLE + "/tok.json"], r"cannot write in /sys"),
     "lambda nan": (["--out", "{tmp}/new", "--lambda", "nan"], r"lambda must be a finite number >= 0"),
     "lambda inf": (["--out", "{tmp}/new", "--lambda", "inf"], r"lambda must be a finite number >= 0"),
     "lr nan": (["--out", "{tmp}/new", "--lr", "nan"], r"TrainConfig\.lr must be a finite number"),
     "lr inf": (["--out", "{tmp}/new", "--lr", "inf"], r"TrainConfig\.lr must be a finite number"),
-    "lr 0": (["--out", "{tmp}/new", "--lr", "0"], r"TrainConfig\.lr .*must be > 0"),
+    "lr 0": (["--out", "{tmp}/new", "--lr", "0"], r"TrainConfig\.lr must be a finite number > 0"),
     "min-lr nan": (["--out", "{tmp}/new", "--min-lr", "nan"], r"TrainConfig\.min_lr must be a finite"),
     "weight-decay inf": (["--out", "{tmp}/new", "--weight-decay", "inf"], r"TrainConfig\.weight_decay must be"),
     "grad-clip nan": (["--out", "{tmp}/new", "--grad-clip", "nan"], r"TrainConfig\.grad_clip must be"),
-    "warmup -1": (["--out", "{tmp}/new", "--warmup", "-1"], r"TrainConfig\.warmup must be >= 0"),
-    "seed -1": (["--out", "{tmp}/new", "--seed", "-1"], r"seed must lie in \[0, 2\^64\)"),
-    "threads -1": (["--out", "{tmp}/new", "--threads", "-1"], r"--threads must be > 0, got -1"),
+    "warmup -1": (["--out", "{tmp}/new", "--warmup", "-1"], r"TrainConfig\.warmup must be an integer >= 0"),
+    "seed -1": (["--out", "{tmp}/new", "--seed", "-1"], r"seed must be an integer in \[0, 2\^64\)"),
+    "threads -1": (["--out", "{tmp}/new", "--threads", "-1"], r"--threads must be a positive integer .*got -1"),
 }
 
 
@@ -122,8 +122,10 @@ def test_overwrite_replaces_a_run_at_its_first_checkpoint(run, tmp_path, capsys)
     (["bench", "--random", "tiny", "--json", UNWRITABLE + "/x.json"], r"cannot write in /sys"),
     (["distill", "--checkpoint", "{tmp}/model", "--out", "{tmp}/a_file"], r"--out .*a_file is a file"),
     (["distill", "--checkpoint", "{tmp}/model", "--out", UNWRITABLE], r"cannot write in /sys"),
-    (["distill", "--checkpoint", "{tmp}/model", "--out", "{tmp}/model/."], r"is the model being distilled"),
-    (["distill", "--checkpoint", "{tmp}/model", "--out", "{tmp}/new", "--threads", "-1"], r"--threads must be > 0"),
+    (["distill", "--checkpoint", "{tmp}/model", "--out", "{tmp}/model/."], r"would overwrite --checkpoint .*model, "
+                                                                            r"which this command reads"),
+    (["distill", "--checkpoint", "{tmp}/model", "--out", "{tmp}/new", "--threads", "-1"],
+     r"--threads must be a positive integer"),
     (["fp8-bench", "--parts", "quantization", "--json", "{tmp}"], r"--json .* is a folder"),
     (["fp8-bench", "--parts", "quantization", "--json", UNWRITABLE + "/x.json"], r"cannot write in /sys"),
 ], ids=["bench json folder", "bench json under a file", "bench json unwritable", "distill out file",

@@ -91,7 +91,7 @@ def test_distill_errors(corpus):
     with pytest.raises(ValueError, match="no MTP modules"):
         distill(MTPModel(get_preset("tiny", vocab_size=VOCAB, mtp_depth=0)), corpus,
                 DistillConfig(seq_len=32, prompt_len=8))
-    with pytest.raises(ValueError, match="steps must be > 0"):
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
         DistillConfig(steps=0)
     with pytest.raises(ValueError, match="prompt_len"):
         DistillConfig(seq_len=32, prompt_len=32)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import bench
-from .flags import check_output
+from .flags import check_output, set_threads
 
 
 def register(subparsers) -> None:
@@ -37,12 +37,22 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checkpoint import PRETRAINED_DIR
+    from ..config import check_seed
     from ..data import atomic_write_json
+    from ..sampling import check_sampling
 
     if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, args.repeats, *args.k) <= 0:
         raise ValueError("--prompts, --prompt-len, --new-tokens, --threads, --repeats and every --k must be > 0")
-    check_output(args.json, "--json", folder=False)
-    torch.set_num_threads(args.threads)
+    if len(set(args.k)) < len(args.k):
+        raise ValueError(f"--k {' '.join(map(str, args.k))} repeats a draft length; give each once")
+    if args.random is not None and args.checkpoint is not None:
+        raise ValueError("--random PRESET uses random weights, --checkpoint a saved model: give one of them")
+    check_seed("--seed", args.seed)
+    check_sampling(args.temperature, None, None)
+    check_output(args.json, "--json", "file",
+                 {"--checkpoint": None if args.random else Path(args.checkpoint or PRETRAINED_DIR)})
+    set_threads(args.threads)
     if args.random is not None:
         model, prompts, source = bench.random_setup(args.random, args.prompts, args.prompt_len, args.seed)
     else:
@@ -50,6 +60,9 @@ def run(args) -> int:
     if args.prompt_len + args.new_tokens > model.config.max_seq_len:
         raise ValueError(f"--prompt-len + --new-tokens = {args.prompt_len + args.new_tokens} exceeds the model's "
                          f"max_seq_len {model.config.max_seq_len}; lower one of them")
+    if set(args.drafters) == {"mtp-pre"} and max(args.k) <= model.config.mtp_depth:  # bench.run_bench's rule
+        raise ValueError(f"--drafters mtp-pre runs only for k > D = {model.config.mtp_depth} (below, it is the mtp "
+                         f"drafter); add a --k above {model.config.mtp_depth} or another drafter")
     drafters = bench.build_drafters(model, args.drafters)
     t0 = time.perf_counter()
     with torch.inference_mode():

@@ -19,6 +19,7 @@ def register(subparsers) -> None:
                               description=library.__doc__)
     p.add_argument("--checkpoint", default=None, help="model folder (default: the shipped course model)")
     p.add_argument("--out", required=True, help="folder to write the distilled model to")
+    p.add_argument("--overwrite", action="store_true", help="replace the model --out holds (never a training run)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--root", default=None, help=ROOT_HELP)
     add_dataclass_flags(p, DistillConfig)
@@ -26,9 +27,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checkpoint import PRETRAINED_DIR, lock
+
+    cfg = DistillConfig(**dataclass_values(args, DistillConfig))
+    source = Path(args.checkpoint) if args.checkpoint else PRETRAINED_DIR
+    out = check_output(args.out, "--out", "model", {"--checkpoint": source, "--root": args.root},
+                       overwrite=args.overwrite)
+    set_threads(args.threads)
+    with lock(out):
+        return distill_to(args, cfg, source, out)
+
+
+def distill_to(args, cfg: DistillConfig, source: Path, out: Path) -> int:
+    """Load `source`, distil its MTP modules, write the model to `out` (locked); nothing is written if it fails."""
     from ..checkpoint import (
         CONFIG_FILE,
-        PRETRAINED_DIR,
         UNDISTILLED_FILE,
         CheckpointError,
         load_config,
@@ -40,12 +53,6 @@ def run(args) -> int:
     from ..metrics import write_metrics
     from ..model import mtp_state
 
-    cfg = DistillConfig(**dataclass_values(args, DistillConfig))
-    source = Path(args.checkpoint) if args.checkpoint else PRETRAINED_DIR
-    out = check_output(args.out, "--out", folder=True)
-    if out.resolve() == source.resolve():
-        raise ValueError(f"--out {out} is the model being distilled: it would be replaced; give another --out")
-    set_threads(args.threads)
     model, tok = load_pretrained(source)
     _, meta = load_config(source)
     dtype = getattr(torch, str(meta.get("weights_dtype", "float32")), None)

@@ -83,15 +83,54 @@ def dataclass_values(args: argparse.Namespace, cls, only: tuple[str, ...] | None
             if (only is None or f.name in only) and f.name not in skip and getattr(args, f.name, None) is not None}
 
 
-def check_output(path: str | Path, flag: str, folder: bool) -> Path:
-    """Refuse, before any long work, an output `path` (a folder, or a file) that cannot be written: a file where
-    a folder is wanted or the reverse, a file among its parents, or a place this process cannot write."""
+OutputKind = typing.Literal["file", "model", "run"]   # a file; a model folder; a training run folder (train --out)
+THREADS_PER_CPU = 4      # --threads above this many per CPU core is refused (100000 threads crashed torch)
+
+
+def check_output(path: str | Path, flag: str, kind: OutputKind, reads: dict | None = None, overwrite: bool = False,
+                 again: str | None = None) -> Path:
+    """The one rule for every output of every command, applied before any long work. An output
+    - is never a shipped asset (checkpoint.SHIPPED), even with --overwrite;
+    - never is, nor lies inside, nor (a folder) directly holds a file that the command reads: `reads`,
+      {flag: path} of its inputs;
+    - is a folder where a folder is wanted, a regular file where a file is wanted: a device node, a FIFO or a socket
+      is never replaced;
+    - as a model folder: never a training run's folder (writing a model there breaks its resume); one holding a
+      model (or, kind "run", a run) only with `overwrite` (else `again`: how to go on); as a file: never a file of
+      a model or run folder;
+    - lies where this process can write.
+    Returns `path` as given."""
+    from ..checkpoint import SHIPPED, STAGING_DIR, TRAINER_FILE, holds_model
+
     path = Path(path)
-    if folder and path.exists() and not path.is_dir():
+    real = path.resolve()
+    for shipped in SHIPPED:
+        if real == shipped.resolve() or real.is_relative_to(shipped.resolve()):
+            raise ValueError(f"{flag} {path} is part of the shipped course assets ({shipped}), which no command "
+                             f"replaces; give another {flag}")
+    for label, read in (reads or {}).items():
+        if read is None:
+            continue
+        read = Path(read).resolve()
+        if real == read or real.is_relative_to(read) or (kind != "file" and read.parent == real and read.is_file()):
+            raise ValueError(f"{flag} {path} would overwrite {label} {read}, which this command reads; give "
+                             f"another {flag}")
+    if path.exists() and kind == "file" and not path.is_file():
+        what = "a folder; give a file name" if path.is_dir() else "not a regular file (a device, FIFO or socket), " \
+                                                                   "which is never replaced; give a file name"
+        raise ValueError(f"{flag} {path} is {what}")
+    if path.exists() and kind != "file" and not path.is_dir():
         raise ValueError(f"{flag} {path} is a file; give a folder (new or existing)")
-    if not folder and path.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; give a file name")
-    parent = path if folder else path.parent
+    if kind == "file" and holds_model(real.parent):
+        raise ValueError(f"{flag} {path} lies in the model folder {real.parent}, which it could replace a file of; "
+                         f"give a file outside it")
+    if kind == "model" and ((real / TRAINER_FILE).exists() or (real / STAGING_DIR).exists()):
+        raise ValueError(f"{flag} {path} is a training run's folder: a model written there would replace its fp32 "
+                         f"weights and break its --resume; give another {flag}")
+    if kind != "file" and holds_model(real) and not overwrite:
+        raise ValueError(f"{flag} {path} already holds a checkpoint; "
+                         f"{again or f'replace it with --overwrite, or give another {flag}'}")
+    parent = path if kind != "file" else path.parent
     while not parent.exists() and parent != parent.parent:        # the folder that would hold the new ones
         parent = parent.parent
     if not parent.is_dir():
@@ -105,10 +144,14 @@ def check_output(path: str | Path, flag: str, folder: bool) -> Path:
 
 
 def set_threads(n: int | None) -> None:
-    """--threads N: torch's CPU threads (None: torch's choice)."""
+    """--threads N: torch's CPU threads (None: torch's choice); N in [1, THREADS_PER_CPU x the CPU count]."""
+    import os
+
     import torch
 
+    from ..config import check_int
+
     if n is not None:
-        if n <= 0:
-            raise ValueError(f"--threads must be > 0, got {n}")
+        most = THREADS_PER_CPU * (os.cpu_count() or 1)
+        check_int("--threads", n, minimum=1, maximum=most, note=f" ({THREADS_PER_CPU}x the {os.cpu_count()} CPUs)")
         torch.set_num_threads(n)

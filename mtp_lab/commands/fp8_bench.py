@@ -43,8 +43,13 @@ def run(args) -> int:
         raise ValueError(f"unknown --parts {unknown or parts}; choose from {','.join(fp8_bench.PARTS)}")
     if min(args.steps, args.batch_size, args.seq_len, args.cost_rounds, args.prompts, args.new_tokens) <= 0:
         raise ValueError("--steps, --batch-size, --seq-len, --cost-rounds, --prompts and --new-tokens must be > 0")
+    from ..checkpoint import PRETRAINED_DIR
+    from ..config import check_seed
+
+    check_seed("--seed", args.seed)
     if args.json:
-        check_output(args.json, "--json", folder=False)
+        reads = {"--checkpoint": Path(args.checkpoint or PRETRAINED_DIR)} if "acceptance" in parts else {}
+        check_output(args.json, "--json", "file", reads)
     set_threads(args.threads)
     results, corpus = {}, None
     if {"cost", "train"} & set(parts):
