@@ -101,7 +101,8 @@ def list_files(root: Path | None = None) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS)
         rel_dir = Path(dirpath).relative_to(root)
-        out += [(rel_dir / f).as_posix() for f in filenames if f.endswith(".py")]
+        out += [(rel_dir / f).as_posix() for f in filenames      # regular files only: a FIFO named x.py would hang
+                if f.endswith(".py") and os.path.isfile(os.path.join(dirpath, f))]
     return sorted(out)
 
 
@@ -115,6 +116,8 @@ def split_of(rel_path: str) -> str:
 
 def read_source(path: Path) -> str:
     """A source file's text (UTF-8, the encoding of every standard library file; bad bytes replaced)."""
+    if not path.is_file():                   # reading a FIFO or a device would block or never end
+        raise ValueError(f"corpus file {path} is not a regular file; the corpus reads regular .py files only")
     return path.read_text(encoding="utf-8", errors="replace")
 
 
@@ -216,9 +219,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)                      # mkstemp creates 0600; checkpoints are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:     # a full disk: name the file being written
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -275,13 +280,21 @@ def build_corpus(tokenizer: Tokenizer | str | Path | None = DEFAULT_TOKENIZER, r
     for split, split_list in groups.items():
         path = cache_dir() / f"{key}-{split}.npy"
         if use_cache and path.is_file():
-            streams[split] = np.load(path, allow_pickle=False)
-            continue
+            try:
+                streams[split] = np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError):          # a damaged cache file is encoded again, below
+                pass
+            if split in streams and streams[split].dtype == np.uint16 and streams[split].ndim == 1:
+                continue
         streams[split] = encode_documents(tok, documents(split_list, root, mix))
         if use_cache:
             buffer = io.BytesIO()
             np.save(buffer, streams[split], allow_pickle=False)
-            atomic_write_bytes(path, buffer.getvalue())
+            try:
+                atomic_write_bytes(path, buffer.getvalue())
+            except OSError as e:
+                raise OSError(e.errno, f"cannot write the token cache {path} ({e.strerror}); set MTP_LAB_CACHE "
+                                       f"to a writable folder") from e
     return Corpus(tokenizer=tok, splits=streams, files=groups)
 
 
