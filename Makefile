@@ -52,5 +52,14 @@ notebooks: $(STAMP)
 check-notebooks: $(STAMP)
 	$(BIN)/python tools/build_notebooks.py --check
 
+# The course on a GPU, measured (docs/fp8.md, "The GPU check"): unit tests, FP8 simulation vs real FP8 GEMMs,
+# throughput, decoding, training, notebooks; about 6 minutes; writes docs/results/gpu_check_<device>.{json,md}.
+# Needs no install: GPU_PYTHON (default: .venv's python if there is one, else python3) must have CUDA torch.
+# GPU_CHECK_ARGS passes options, e.g. GPU_CHECK_ARGS="--parts simulation throughput".
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
