@@ -4,6 +4,7 @@ from .checkpoint import CheckpointError, load_model, load_pretrained, save_model
 from .config import PRESETS, ModelConfig, get_preset
 from .data import Corpus, build_corpus, load_tokenizer, train_tokenizer
 from .decoding import (
+    DRAFTERS,
     GenerationResult,
     GenerationStats,
     SpeculativeStep,
@@ -20,6 +21,7 @@ from .loss import LossParts, mtp_lambda, mtp_loss
 from .model import ModelCache, MTPModel, MTPModule, MTPOutput
 from .sampling import SamplingParams, probs_from_logits
 from .train import Callback, History, ProgressBar, StepRecord, TrainConfig, Trainer, evaluate
+from .tree import TreeDrafter, measure_costs
 
 __version__ = "0.1.0"
 
@@ -37,7 +39,8 @@ __all__ = [
     "FORMATS", "FP8Format", "quantize", "dequantize", "fp8_matmul", "accumulation_error_vs_k",
     "FP8Linear", "apply_fp8_recipe", "record_fp8_stats", "fp8_stats",
     "generate", "speculative_generate", "speculative_steps", "speculative_accept", "GenerationResult",
-    "GenerationStats", "SpeculativeStep", "MTPDrafter", "NGramDrafter", "SamplingParams", "probs_from_logits",
+    "GenerationStats", "SpeculativeStep", "MTPDrafter", "NGramDrafter", "TreeDrafter", "DRAFTERS", "measure_costs",
+    "SamplingParams", "probs_from_logits",
     "load_pretrained", "load_model", "save_model", "CheckpointError", "Corpus", "build_corpus", "load_tokenizer",
     "train_tokenizer", "Trainer", "TrainConfig", "Callback", "History", "ProgressBar", "StepRecord", "evaluate",
 ]

@@ -10,9 +10,9 @@ prefill included) and overhead (acceptance, rollback, bookkeeping). Per main-mod
 so speedup / (tokens per F) is the share of the ideal that survives, and draft/a, verify/a, overhead/a say
 where the rest goes. tau (vLLM) = 1 + accepted / drafting steps; tokens / F also counts the prefill.
 
-Drafters: mtp (MTP modules chained, for k > D the last one reused with the post-norm state), mtp-pre (the same,
-recycling the pre-norm state: differs only for k > D), mtp-fp8 (MTP modules in simulated FP8, main model in
-full precision), ngram (prompt lookup).
+Drafters: every name of decoding.DRAFTERS (make_drafter): the MTP chain (mtp; mtp-pre recycling the pre-norm state,
+which differs only for k > D; mtp-fp8 with the MTP blocks in simulated FP8), ngram (prompt lookup), and the trees
+(mtp-tree, hybrid, adaptive; mtp_lab.tree), whose k is the tree's maximum depth.
 """
 
 from __future__ import annotations
@@ -23,28 +23,13 @@ import time
 import torch
 
 from .config import check_int
-from .decoding import GenerationStats, generate, speculative_generate
-from .drafters import MTPDrafter, NGramDrafter
-
-DRAFTERS = ("mtp", "mtp-pre", "mtp-fp8", "ngram")
+from .decoding import DRAFTERS, GenerationStats, generate, make_drafter, speculative_generate
 
 
-def build_drafters(model, names) -> dict:
-    """Drafter objects, built once (the FP8 copy is converted once) and reused for every prompt."""
-    out = {}
-    for name in names:
-        if name == "mtp":
-            out[name] = MTPDrafter(model, recycle="post_norm")
-        elif name == "mtp-pre":
-            out[name] = MTPDrafter(model, recycle="pre_norm")
-        elif name == "mtp-fp8":
-            from .fp8_linear import apply_fp8_recipe
-            out[name] = MTPDrafter(model, draft_model=apply_fp8_recipe(model, scope="mtp", inplace=False))
-        elif name == "ngram":
-            out[name] = NGramDrafter(model.config.vocab_size)
-        else:
-            raise ValueError(f"unknown drafter {name!r}; choose from {DRAFTERS}")
-    return out
+def build_drafters(model, names=DRAFTERS, **kwargs) -> dict:
+    """Drafter objects by name (decoding.make_drafter, the one registry), built once and reused for every prompt
+    (the FP8 copy is converted once, the adaptive drafter's costs measured once). kwargs go to make_drafter."""
+    return {name: make_drafter(model, name, **kwargs) for name in names}
 
 
 def heldout_prompts(checkpoint: str | None, n: int, prompt_len: int):

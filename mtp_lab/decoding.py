@@ -20,7 +20,7 @@ from __future__ import annotations
 import numbers
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from .config import check_choice, check_int
 from .drafters import Drafter, DrafterName, MTPDrafter, NGramDrafter, Recycle
 from .model import MTPModel
 from .sampling import SamplingParams
+from .tree import TreeCost, TreeDrafter, ancestor_mask, keep_path, measure_costs, tree_accept, tree_cost
+
+DRAFTERS: tuple[str, ...] = get_args(DrafterName)      # every drafter make_drafter builds by name
 
 StopReason = Literal["max_new_tokens", "eos", "max_seq_len"]   # why a generation ended
 
@@ -48,6 +51,7 @@ class GenerationStats:
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0       # main-model forwards (prefill included)
     stop_reason: StopReason | str = ""   # why it ended ("" until it has)
+    accepted_by_source: dict[str, int] = field(default_factory=dict)   # accepted drafts by who proposed them
 
     @property
     def acceptance_rate(self) -> float:
@@ -77,7 +81,7 @@ class GenerationStats:
         """Fold one engine event into the counters: the one place where tau and the per-position rates are counted
         (the engine, the live dashboard and `merge` all go through here). Draft time is the step's time before its
         verify forward; wall time is the caller's to measure."""
-        k = len(step.draft_tokens)
+        k = step.depth                   # positions drafted: the chain's length, a tree's depth
         self._grow(k)
         self.main_forwards += 1
         self.new_tokens += len(step.emitted)
@@ -86,11 +90,14 @@ class GenerationStats:
         self.verify_time_s += step.verify_time_s
         if k:
             self.steps += 1
-            self.drafted += k
+            self.drafted += len(step.draft_tokens)                 # a tree: every node
             self.accepted += step.n_accepted
             for j in range(k):
                 self.drafted_per_position[j] += 1
                 self.accepted_per_position[j] += j < step.n_accepted
+            for i in step.path[:step.n_accepted]:
+                src = step.sources[i]
+                self.accepted_by_source[src] = self.accepted_by_source.get(src, 0) + 1
 
     def _grow(self, k: int) -> None:
         for counts in (self.drafted_per_position, self.accepted_per_position):
@@ -109,6 +116,8 @@ class GenerationStats:
             for name in ("drafted_per_position", "accepted_per_position"):
                 for j, n in enumerate(getattr(s, name)):
                     getattr(total, name)[j] += n
+            for src, n in s.accepted_by_source.items():
+                total.accepted_by_source[src] = total.accepted_by_source.get(src, 0) + n
         return total
 
     def to_dict(self) -> dict:
@@ -153,6 +162,19 @@ class SpeculativeStep:
     verify_time_s: float
     step_time_s: float
     stop_reason: str | None           # set on the last step
+    parents: list[int] | None = None  # a tree draft: each node's parent (-1: the root t_n); None: a chain
+    path: list[int] = field(default_factory=list)      # the accepted nodes, root side first (a chain: 0..n-1)
+    sources: list[str] = field(default_factory=list)   # who proposed each node ("mtp", "ngram", "mtp+ngram", ...)
+
+    @property
+    def depth(self) -> int:
+        """Draft positions of this step: a chain's length, a tree's depth."""
+        if self.parents is None:
+            return len(self.draft_tokens)
+        depth: list[int] = []
+        for par in self.parents:
+            depth.append(depth[par] + 1 if par >= 0 else 1)
+        return max(depth, default=0)
 
 
 def speculative_accept(draft: Sequence[int], q: torch.Tensor, p: torch.Tensor, params: SamplingParams,
@@ -268,27 +290,42 @@ def generate(model: MTPModel, prompt_ids, max_new_tokens: int, temperature: floa
 
 
 def make_drafter(model: MTPModel, drafter: DrafterName | Drafter = "mtp", fp8_drafter: bool = False,
-                 recycle: Recycle | None = None) -> Drafter:
-    """A drafter by name ("mtp", "ngram") or a Drafter object passed through.
+                 recycle: Recycle | None = None, cost: TreeCost | None = None) -> Drafter:
+    """The one registry: a drafter by name (DRAFTERS), or a Drafter object passed through.
 
-    fp8_drafter: draft with a copy of the model whose MTP modules run in simulated FP8 (mtp_lab.fp8,
-    scope="mtp"); the main model still verifies in full precision, so the output is unchanged.
+    "mtp", "mtp-pre", "mtp-fp8": the chain of MTP modules (MTPDrafter), recycling beyond D the post-norm state,
+    the pre-norm state, or drafting with a copy whose MTP blocks run in simulated FP8 (fp8_linear, scope "mtp":
+    the main model still verifies in full precision, so the output is unchanged; fp8_drafter=True asks the same of
+    "mtp"); "ngram": prompt lookup; "mtp-tree": a top-2 tree of MTP drafts, 16 nodes (TreeDrafter); "hybrid": that
+    tree with the n-gram continuation as a branch; "adaptive": the hybrid tree sized per step by the cost model
+    (`cost`, measured by tree.measure_costs on this machine when not given).
     """
     if not isinstance(drafter, str):
         if not isinstance(drafter, Drafter):
-            raise ValueError(f"drafter must be 'mtp', 'ngram' or an object with start/propose/commit "
+            raise ValueError(f"drafter must be one of {DRAFTERS} or an object with start/propose/commit "
                              f"(mtp_lab.drafters.Drafter), got {drafter!r}")
         return drafter
     check_choice("drafter", drafter, DrafterName, " (or a Drafter object)")
-    if drafter == "mtp":
+    if fp8_drafter:
+        if drafter not in ("mtp", "mtp-fp8"):
+            raise ValueError("fp8_drafter=True needs drafter='mtp' (the FP8 copy drafts the chain), "
+                             f"got drafter={drafter!r}")
+        drafter = "mtp-fp8"
+    V = model.config.vocab_size
+    if drafter == "ngram":
+        return NGramDrafter(V)
+    if drafter in ("mtp", "mtp-pre", "mtp-fp8"):
         draft_model = None
-        if fp8_drafter:
+        if drafter == "mtp-fp8":
             from .fp8_linear import apply_fp8_recipe
             draft_model = apply_fp8_recipe(model, scope="mtp", inplace=False)
-        return MTPDrafter(model, draft_model=draft_model, recycle=recycle)
-    if fp8_drafter:
-        raise ValueError("fp8_drafter=True needs drafter='mtp' (the n-gram drafter has no weights)")
-    return NGramDrafter(model.config.vocab_size)
+        return MTPDrafter(model, draft_model=draft_model, recycle="pre_norm" if drafter == "mtp-pre" else recycle)
+    if drafter == "adaptive" and cost is None:
+        cost = tree_cost(measure_costs(model, max_n=min(40, model.config.max_seq_len // 2), repeats=3,
+                                       prefix=min(64, model.config.max_seq_len // 2)))
+    return TreeDrafter(model, ngram=NGramDrafter(V) if drafter != "mtp-tree" else None,
+                       cost=cost if drafter == "adaptive" else None, recycle=recycle, name=drafter,
+                       budget=32 if drafter == "adaptive" else 16)
 
 
 def speculative_steps(model: MTPModel, prompt_ids, max_new_tokens: int, num_draft: int = 1,
@@ -328,14 +365,32 @@ def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, par
         draft = drafter.propose(tokens, k_step, params, gen) if k_step > 0 else None
         drafts = draft.tokens if draft is not None else []
         q = draft.probs if drafts else no_draft
+        parents = draft.parents if drafts and draft.parents is not None else None
+        sources = (draft.sources if draft.sources is not None else [getattr(drafter, "name", "draft")] * len(drafts)
+                   ) if drafts else []
         t1 = time.perf_counter()
-        # ONE verify forward over [t_n, d_1..d_k] (the whole prompt at the prefill)
-        logits, hidden = model.forward_main(torch.tensor(pending + drafts, device=device)[None], cache)
+        # ONE verify forward over [t_n, d_1..d_k] (the whole prompt at the prefill); a tree: over [t_n, x_1..x_N]
+        # with the tree mask and position ids (mtp_lab.tree)
+        start = cache.length
+        feed = torch.tensor(pending + drafts, device=device)[None]
+        if parents is None:
+            logits, hidden = model.forward_main(feed, cache)
+        else:
+            mask, depth = ancestor_mask([-1] + [par + 1 for par in parents], start, device=device)
+            logits, hidden = model.forward_main(feed, cache, mask, start + depth)
         t2 = time.perf_counter()
         target_logits = logits[0, -(len(drafts) + 1):]                   # (k+1, V)
         p = params.probs(target_logits)
-        n_acc, nxt, u = speculative_accept(drafts, q, p, params, gen)
-        emitted = drafts[:n_acc] + [nxt]
+        if parents is None:
+            n_acc, nxt, u = speculative_accept(drafts, q, p, params, gen)
+            path = list(range(n_acc))
+        else:                         # deterministic candidates: y ~ p at each node, follow the child equal to y
+            path, nxt = tree_accept(drafts, parents, p, params, gen)
+            n_acc, u = len(path), torch.zeros(0)
+            for c in cache.main:      # the root and the accepted path move to consecutive positions
+                keep_path(c, start, [0] + [i + 1 for i in path])
+            hidden = hidden[:, [0] + [i + 1 for i in path]]
+        emitted = [drafts[i] for i in path] + [nxt]
         if eos_id is not None and eos_id in emitted:
             emitted = emitted[:emitted.index(eos_id) + 1]
         position = len(tokens)
@@ -343,17 +398,21 @@ def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, par
         # roll back: the main cache keeps every committed token but the last (it is fed next step)
         for c in cache.main:
             c.truncate(len(tokens) - 1)
-        drafter.commit(hidden[:, :len(pending) + len(emitted) - 1], len(emitted) - 1)
+        if parents is None:
+            drafter.commit(hidden[:, :len(pending) + len(emitted) - 1], len(emitted) - 1)
+        else:
+            drafter.commit(hidden[:, :len(emitted)], len(emitted) - 1, path)
         pending = [tokens[-1]]
 
         stop = _stop_reason(tokens, len(tokens) - len(prompt), max_new_tokens, max_len, eos_id)
         event = SpeculativeStep(
             index=index, position=position, draft_tokens=drafts, draft_probs=q,
             draft_logits=draft.logits if draft is not None else None, target_probs=p,
-            target_logits=target_logits, uniforms=u, accepted=[j < n_acc for j in range(len(drafts))],
-            n_accepted=n_acc, next_token=nxt, is_bonus=bool(drafts) and n_acc == len(drafts),
+            target_logits=target_logits, uniforms=u, accepted=[j in path for j in range(len(drafts))],
+            n_accepted=n_acc, next_token=nxt,
+            is_bonus=bool(drafts) and (path[-1] if path else -1) not in (parents or range(-1, len(drafts) - 1)),
             emitted=emitted, draft_time_s=t1 - t0, verify_time_s=t2 - t1,
-            step_time_s=time.perf_counter() - t0, stop_reason=stop)
+            step_time_s=time.perf_counter() - t0, stop_reason=stop, parents=parents, path=path, sources=sources)
         stats.record(event, draft_forwards=draft.forwards if drafts else 0)
         yield event
         index += 1

@@ -17,16 +17,21 @@ from .config import check_choice
 from .model import ModelCache, MTPModel
 from .sampling import SamplingParams
 
-DrafterName = Literal["mtp", "ngram"]        # the drafters the engine builds by name (decoding.make_drafter)
+# the drafters the engine builds by name (decoding.make_drafter; mtp_lab.DRAFTERS): the MTP chain, recycling the
+# post-norm (mtp) or pre-norm (mtp-pre) state beyond D, with FP8 MTP blocks (mtp-fp8); n-gram prompt lookup; a top-b
+# tree of MTP drafts (mtp-tree); that tree with an n-gram branch (hybrid); the hybrid sized per step by the cost model
+DrafterName = Literal["mtp", "mtp-pre", "mtp-fp8", "ngram", "mtp-tree", "hybrid", "adaptive"]
 Recycle = Literal["post_norm", "pre_norm"]   # the state an MTP module's reuse for drafts k > D is fed back
 
 
 @dataclass
 class Draft:
-    tokens: list[int]                   # d_1..d_k'
-    probs: torch.Tensor                 # (k', V): q_j, the distribution d_j was drawn from
-    logits: torch.Tensor | None         # (k', V): the drafter's raw logits (None for weight-free drafters)
+    tokens: list[int]                   # d_1..d_k' (a tree: its nodes, every parent before its children)
+    probs: torch.Tensor                 # (k', V): q_j, the distribution d_j was drawn from (a tree: unused)
+    logits: torch.Tensor | None         # (k', V): the drafter's raw logits (None for weight-free drafters and trees)
     forwards: int                       # module forward calls spent on this draft
+    parents: list[int] | None = None    # a tree: parent node of each node (-1: the last committed token); None: a chain
+    sources: list[str] | None = None    # who proposed each node ("mtp", "ngram", "mtp+ngram"); None: the drafter's name
 
 
 @runtime_checkable
@@ -42,7 +47,8 @@ class Drafter(Protocol):
 
     def commit(self, hidden: torch.Tensor, n_kept: int) -> None:
         """hidden (1, T_new, C): the main model's states h_i of the newly kept positions; n_kept: how many drafts
-        of the last proposal were kept."""
+        of the last proposal were kept. A tree drafter (its Draft has `parents`) is called with a third argument,
+        `path`: the kept nodes, root side first."""
 
 
 class MTPDrafter:
@@ -86,9 +92,7 @@ class MTPDrafter:
         self.draft_model = draft_model if draft_model is not None else model
         if len(self.draft_model.mtp) != len(model.mtp):
             raise ValueError("draft_model must have as many MTP modules as the verifying model")
-        if recycle is None:
-            recycle = "post_norm" if model.config.mtp_input_norm else "pre_norm"
-        self.recycle = recycle
+        self.recycle = recycle or "feed"            # None: as the config feeds depths in training (feed_state)
         self.depth = len(model.mtp)                                              # D
 
     def start(self, cache: ModelCache) -> None:
@@ -102,24 +106,17 @@ class MTPDrafter:
 
     def _module(self, j: int, h_prev: torch.Tensor, tokens: torch.Tensor, chain: bool
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """MTPModel.forward_mtp, with logits for the LAST position only.
+        """MTPModel.forward_mtp with the logits of the LAST position only.
 
         Returns (logits (V,) predicting the next draft, the state fed to depth j+1 as in training (1, T', C)
         or None when `chain` is False (no later module reads it), the state per `recycle` at the last position
-        (1, 1, C)). Without `chain` only the last position is normalised: nothing reads the others.
+        (1, 1, C)).
         """
-        m = self.draft_model
-        module = m.mtp[j - 1]
-        h = module(h_prev, m.embed(tokens), self.cache.mtp[j - 1])                # (1, T', C) pre-norm h^j
-        if chain:
-            h_norm = module.shared_head.norm(h)                                    # (1, T', C)
-            chained = h_norm if m.config.mtp_input_norm else h
-        else:
-            h = h[:, -1:]                                                          # (1, 1, C)
-            h_norm, chained = module.shared_head.norm(h), None
-        # (23)  P^j = OutHead(shared_head.norm(h^j)), the shared head, at the last position only
-        logits = m.head(h_norm[0, -1])                                             # (V,)
-        return logits, chained, (h_norm if self.recycle == "post_norm" else h)[:, -1:]
+        if chain:      # depth j+1 reads the fed state everywhere; module D is never chained, so recycle = feed here
+            logits, fed = self.draft_model.forward_mtp(j, h_prev, tokens, self.cache, last=1)
+            return logits[0, -1], fed, fed[:, -1:]
+        logits, state = self.draft_model.forward_mtp(j, h_prev, tokens, self.cache, last=1, state=self.recycle)
+        return logits[0, -1], None, state[:, -1:]
 
     def propose(self, tokens: list[int], k: int, params: SamplingParams,
                 generator: torch.Generator | None = None) -> Draft:

@@ -42,11 +42,13 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x: (B, H, T, hd) at absolute positions start..start+T-1."""
+    def forward(self, x: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H, T, hd) at absolute positions start..start+T-1, or at `positions` (T,) when given (a tree of
+        drafts: each node sits at the prefix length plus its depth)."""
         T = x.shape[-2]
-        cos = self.cos[start:start + T].to(x.dtype)  # (T, hd)
-        sin = self.sin[start:start + T].to(x.dtype)
+        pos = slice(start, start + T) if positions is None else positions
+        cos = self.cos[pos].to(x.dtype)  # (T, hd)
+        sin = self.sin[pos].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
         return x * cos + rotated * sin
@@ -111,18 +113,21 @@ class CausalSelfAttention(nn.Module):
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """attn_mask: the causal_mask of this call, when the caller built it once for all its layers."""
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """attn_mask (T, start + T), True = may attend: the causal_mask of this call when the caller built it once
+        for all its layers, or a tree mask (each draft sees the prefix and its ancestors) with its `positions`."""
         B, T, C = x.shape
         start = cache.length if cache is not None else 0
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         v = self.wv(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        q, k = self.rope(q, start), self.rope(k, start)
+        q, k = self.rope(q, start, positions), self.rope(k, start, positions)
         if cache is not None:
             k, v = cache.append(k, v)                                           # (B, H, start+T, hd)
-        if k.shape[2] == T:        # no earlier positions: the ordinary square causal mask
+        if positions is not None:  # a tree: the caller's mask, whatever the shape
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        elif k.shape[2] == T:      # no earlier positions: the ordinary square causal mask
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif T == 1:               # one new query sees every cached key
             y = F.scaled_dot_product_attention(q, k, v)
@@ -156,7 +161,7 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache, attn_mask)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache, attn_mask, positions)
         return x + self.ffn(self.ffn_norm(x))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -19,17 +20,12 @@ from .layers import Block, KVCache, RMSNorm, causal_mask
 class SharedHead(nn.Module):
     """The checkpoint's `shared_head`: the module's own final RMSNorm (`shared_head.norm`).
 
-    The output head it feeds is the main model's, passed in at call time: one tensor, not a copy.
+    The output head it feeds is the main model's (MTPModel.forward_mtp applies both): one tensor, not a copy.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-
-    def forward(self, h: torch.Tensor, head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (logits, normalised h)."""
-        h_norm = self.norm(h)
-        return head(h_norm), h_norm
 
 
 class MTPModule(nn.Module):
@@ -50,14 +46,16 @@ class MTPModule(nn.Module):
         self.block = Block(cfg)                                              # TRM_k
         self.shared_head = SharedHead(cfg)
 
-    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cache: KVCache | None = None,
+                mask: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """h_prev: (B, T', C) states h^{k-1}_i; emb: (B, T', C) embeddings of t_{i+k}. Returns h^k (B, T', C).
+        mask, positions: a tree of drafts (layers.CausalSelfAttention), None for a sequence.
 
         (21)  h'^k_i = M_k [enorm(Emb(t_{i+k})) ; hnorm(h^{k-1}_i)]     (checkpoint order)
         """
         h = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h_prev)], dim=-1))  # (B, T', C)
         # (22)  h^k_{1:T-k} = TRM_k(h'^k_{1:T-k})
-        return self.block(h, cache)
+        return self.block(h, cache, mask, positions)
 
 
 @dataclass
@@ -105,32 +103,47 @@ class MTPModel(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward_main(self, tokens: torch.Tensor, cache: ModelCache | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, T) -> (logits (B, T, V), hidden (B, T, C) that feeds MTP module 1)."""
+    def feed_state(self, h: torch.Tensor, h_norm: torch.Tensor) -> torch.Tensor:
+        """The state that feeds the next depth, chosen once here: after the final norm (config.mtp_input_norm,
+        the default) or before it."""
+        return h_norm if self.config.mtp_input_norm else h
+
+    def forward_main(self, tokens: torch.Tensor, cache: ModelCache | None = None, mask: torch.Tensor | None = None,
+                     positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, T) -> (logits (B, T, V), hidden (B, T, C) that feeds MTP module 1).
+
+        mask (T, cached + T), positions (T,): a tree of drafts after the cached prefix (mtp_lab.tree), where
+        each token sees the prefix and its ancestors and sits at the prefix length plus its depth.
+        """
         x = self.embed(tokens)                                                     # (B, T, C)
-        mask = None
         T, start = tokens.shape[1], cache.length if cache is not None else 0
-        if start and T > 1:        # verification: T new queries after a cached prefix; one mask for every layer
+        if mask is None and start and T > 1:   # verification of a chain: one lower-right mask for every layer
             mask = causal_mask(T, start + T, tokens.device)                        # (T, start + T)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache.main[i] if cache is not None else None, mask)
+            x = layer(x, cache.main[i] if cache is not None else None, mask, positions)
         h_norm = self.norm(x)
-        return self.head(h_norm), (h_norm if self.config.mtp_input_norm else x)
+        return self.head(h_norm), self.feed_state(x, h_norm)
 
-    def forward_mtp(self, k: int, h_prev: torch.Tensor, tokens: torch.Tensor,
-                    cache: ModelCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_mtp(self, k: int, h_prev: torch.Tensor, tokens: torch.Tensor, cache: ModelCache | None = None,
+                    last: int | None = None, state: Literal["feed", "pre_norm", "post_norm"] = "feed",
+                    mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Depth k (1-based). h_prev (B, T', C) = h^{k-1}_i; tokens (B, T') = t_{i+k}.
 
         Returns (logits (B, T', V) where [:, i] predicts t_{i+k+1}, the state h^k that feeds depth k+1).
         (23)  P^k_{i+k+1} = OutHead(h^k_i)   with the module's own norm and the SHARED head
+        Decoding options (the drafter's, as vLLM keeps forward and compute_logits apart): `last` = m gives the
+        logits of the last m positions only (B, m, V); `state` picks the state returned: "feed" (what training
+        feeds depth k+1, feed_state), or the one before / after the module's final norm; mask, positions: a tree.
         """
         if not 1 <= k <= len(self.mtp):
             raise ValueError(f"MTP depth k={k} out of range 1..{len(self.mtp)} (config.mtp_depth)")
         module = self.mtp[k - 1]
-        h = module(h_prev, self.embed(tokens), cache.mtp[k - 1] if cache is not None else None)
-        logits, h_norm = module.shared_head(h, self.head)
-        return logits, (h_norm if self.config.mtp_input_norm else h)
+        h = module(h_prev, self.embed(tokens), cache.mtp[k - 1] if cache is not None else None, mask, positions)
+        h_norm = module.shared_head.norm(h)                                        # (B, T', C)
+        logits = self.head(h_norm if last is None else h_norm[:, -last:])          # the shared head
+        out = {"feed": self.feed_state(h, h_norm), "pre_norm": h, "post_norm": h_norm}[state]
+        return logits, out
 
     def forward(self, tokens: torch.Tensor) -> MTPOutput:
         """Full-sequence forward (training, evaluation). tokens: (B, T) int64."""

@@ -17,7 +17,7 @@ LAYERS = [
     {"layers", "fp8", "sampling", "data"},         # RMSNorm/attention/SwiGLU; FP8 formats; sampling; corpus, files
     {"fp8_linear"},                                # the FP8 linear layer and recipe
     {"model"},                                     # main model + MTP modules
-    {"loss", "checkpoint", "drafters"},            # the MTP loss; safetensors checkpoints; drafters
+    {"loss", "checkpoint", "drafters", "tree"},    # the MTP loss; safetensors checkpoints; drafters; tree drafts
     {"decoding"},                                  # generation and speculative decoding
     {"train", "distill", "proportion", "bench"},   # training, drafter distillation, the cost model, benchmarks
     {"metrics", "fp8_bench"},                      # export + metrics of a run; the FP8 benchmark

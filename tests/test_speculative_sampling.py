@@ -6,7 +6,8 @@ exactly by one forward over the vocabulary. Every token the engine emits (accept
 bonus token) is then one draw from P[previous token], and the emitted tokens (>= 20k for the main setting)
 are compared with P by chi-square tests. The drafts differ strongly from the target: a random table over the
 last two tokens, the MTP modules with random weights (they keep their attention, so drafts depend on the
-whole history), or n-gram lookup.
+whole history), or n-gram lookup; and trees of the MTP modules' top-b candidates (with an n-gram branch), where
+the second-order counts C[a, b, c] test the joint of consecutive tokens within one tree step.
 """
 
 import math
@@ -108,6 +109,10 @@ def run_engine(model, params, num_draft, drafter, runs, tokens_per_run):
     (2, 3, "mtp", SamplingParams(temperature=1.0), 4, 0.4),
     # n-gram prompt lookup: one-hot drafts (TV = 1 - p(d); a Markov chain's n-grams are often right)
     (1, 3, "ngram", SamplingParams(temperature=1.0), 4, 0.1),
+    # trees of deterministic candidates (the MTP modules' top-2, random weights), walked with y ~ p at each node;
+    # with module 2 reused past D and, for the hybrid, an n-gram branch merged in
+    (2, 4, "mtp-tree", SamplingParams(temperature=1.0), 8, 0.3),
+    (1, 4, "hybrid", SamplingParams(temperature=0.9, top_k=5), 8, 0.3),
 ])
 def test_emitted_tokens_follow_the_target_exactly(depth, num_draft, drafter, params, runs, min_tv):
     tokens_per_run = 960
@@ -129,7 +134,7 @@ def test_emitted_tokens_follow_the_target_exactly(depth, num_draft, drafter, par
     stat2, df2 = chi2(second, P[None].expand(V, V, V))  # p(c | a, b) = P[b, c]: no hidden dependence on a
     assert stat2 < chi2_quantile(df2), (stat2, df2)
 
-    if first.sum() >= 20_000:                 # the test has power: a mild change of the target fails it
+    if first.sum() >= 7_000:                  # the test has power: a mild change of the target fails it
         hotter = SamplingParams(params.temperature * 1.2, params.top_k, params.top_p)
         assert chi2(first, transitions(model, hotter))[0] > chi2_quantile(df)
 
@@ -139,7 +144,10 @@ def test_emitted_tokens_follow_the_target_exactly(depth, num_draft, drafter, par
     assert tv.mean() > min_tv
     drafted = sum(len(ev.draft_tokens) for ev in drafting)
     accepted = sum(ev.n_accepted for ev in drafting)
-    assert 0.1 < accepted / drafted < 0.9
+    if drafting[0].parents is None:
+        assert 0.1 < accepted / drafted < 0.9
+    else:                                     # a tree: the share of steps that followed a child of the root
+        assert 0.1 < sum(ev.n_accepted > 0 for ev in drafting) / len(drafting) < 0.9
     assert sum(ev.is_bonus for ev in drafting) > 10 * runs
     assert sum(not ev.is_bonus for ev in drafting) > 100 * runs
 

@@ -1,0 +1,196 @@
+"""Tree drafts: the tree mask and position ids give each node the logits of its own path, the walk rule is exact,
+greedy trees reproduce AR, and every cache after a tree step equals a fresh forward over the committed tokens."""
+
+import math
+
+import pytest
+import torch
+from test_decoding import drafts_beyond_depth_reference, fresh_caches, prompts, trained  # noqa: F401  (fixture)
+from test_speculative_sampling import chi2, chi2_quantile
+
+from mtp_lab import DRAFTERS, MTPModel, SamplingParams, TreeDrafter, generate, get_preset, speculative_generate
+from mtp_lab.decoding import make_drafter, speculative_steps
+from mtp_lab.drafters import NGramDrafter
+from mtp_lab.tree import TreeCost, ancestor_mask, keep_path, measure_costs, tree_accept
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TREES = ("mtp-tree", "hybrid", "adaptive")
+COST = TreeCost(c=0.1, v=tuple(1.0 + 0.02 * n for n in range(64)))    # a fixed cost model: deterministic tests
+
+
+def test_ancestor_mask_by_hand():
+    # entries: 0 root; 1, 2 children of 0; 3 child of 1; 4 child of 3
+    mask, depth = ancestor_mask([-1, 0, 0, 1, 3], prefix=2)
+    want = torch.tensor([[1, 1, 1, 0, 0, 0, 0],
+                         [1, 1, 1, 1, 0, 0, 0],
+                         [1, 1, 1, 0, 1, 0, 0],
+                         [1, 1, 1, 1, 0, 1, 0],
+                         [1, 1, 1, 1, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, want)
+    assert depth.tolist() == [0, 1, 1, 2, 3]
+    last, d = ancestor_mask([-1, 0, 0, 1, 3], prefix=2, new=2)
+    assert torch.equal(last, want[3:]) and d.tolist() == [2, 3]
+    with pytest.raises(ValueError, match="parents must come before"):
+        ancestor_mask([-1, 2, 0], prefix=0)
+
+
+def test_tree_forward_equals_each_path_run_alone(trained):  # noqa: F811
+    """One cached forward over a tree with its mask and position ids gives, at every node, the logits (and states)
+    of a cache-free forward over the prefix and that node's path: the independent reference."""
+    prefix = [3, 6, 9, 12, 15]
+    tokens = [18, 21, 7, 24, 2, 27, 11]                 # entry 0 is the root t_n
+    parents = [-1, 0, 0, 1, 1, 3, 2]
+    cache = trained.new_cache()
+    trained.forward_main(torch.tensor([prefix]), cache)
+    mask, depth = ancestor_mask(parents, len(prefix))
+    logits, hidden = trained.forward_main(torch.tensor([tokens]), cache, mask, len(prefix) + depth)
+    for e in range(len(tokens)):
+        path, x = [], e
+        while x >= 0:
+            path.insert(0, tokens[x])
+            x = parents[x]
+        ref_logits, ref_hidden = trained.forward_main(torch.tensor([prefix + path]))
+        torch.testing.assert_close(logits[0, e], ref_logits[0, -1])
+        torch.testing.assert_close(hidden[0, e], ref_hidden[0, -1])
+    # keep one path: the cache then equals the cache of prefix + that path
+    keep_path(cache.main[0], len(prefix), [0, 1, 3, 5])
+    ref = trained.new_cache()
+    trained.forward_main(torch.tensor([prefix + [18, 21, 24, 27]]), ref)
+    torch.testing.assert_close(cache.main[0].k[:, :, :9], ref.main[0].k[:, :, :9])
+    torch.testing.assert_close(cache.main[0].v[:, :, :9], ref.main[0].v[:, :, :9])
+
+
+def test_walk_rule_alone_is_exact():
+    """One tree, fixed target rows: the first emitted token follows p at the root, the second (after a child was
+    followed) follows p at that child, and the step goes on with probability sum of p over the root's children."""
+    V = 5
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(4, V, generator=g, dtype=torch.float64), -1)   # root, nodes 0..2
+    tokens, parents = [1, 3, 0], [-1, -1, 0]            # root -> {1, 3}; node 0 (token 1) -> {0}
+    params = SamplingParams(temperature=1.0)
+    n = 20_000
+    first = torch.zeros(V, dtype=torch.float64)
+    second = torch.zeros(2, V, dtype=torch.float64)     # after following token 1 (node 0) / token 3 (node 1)
+    went_on = 0
+    for _ in range(n):
+        path, nxt = tree_accept(tokens, parents, p, params, g)
+        out = [tokens[i] for i in path] + [nxt]
+        first[out[0]] += 1
+        if path:
+            went_on += 1
+            row = 0 if tokens[path[0]] == 1 else 1
+            second[row, out[1]] += 1
+    stat, df = chi2(first[None], p[:1])
+    assert stat < chi2_quantile(df)
+    stat2, df2 = chi2(second, p[[1, 2]])                # node 0's row is p[1], node 1's p[2]
+    assert stat2 < chi2_quantile(df2)
+    acc = float(p[0, 1] + p[0, 3])
+    assert abs(went_on / n - acc) < 5 * math.sqrt(acc * (1 - acc) / n)
+    greedy = tree_accept(tokens, parents, p, SamplingParams(), g)
+    assert greedy[1] == int(p[0].argmax()) or greedy[0]   # greedy: the argmax is followed or emitted
+
+
+@pytest.mark.parametrize("name", TREES)
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_greedy_trees_equal_greedy_ar(trained, name, k):  # noqa: F811
+    drafter = make_drafter(trained, name, cost=COST)
+    accepted = 0
+    for prompt in prompts(8):
+        ref = generate(trained, prompt, 30)
+        out = speculative_generate(trained, prompt, 30, num_draft=k, drafter=drafter)
+        assert out.tokens == ref.tokens
+        accepted += out.stats.accepted
+        assert sum(out.stats.accepted_by_source.values()) == out.stats.accepted
+    assert accepted > 0
+
+
+def test_registry_builds_every_name(trained):  # noqa: F811
+    assert set(DRAFTERS) >= {"mtp", "mtp-pre", "mtp-fp8", "ngram", "mtp-tree", "hybrid", "adaptive"}
+    for name in DRAFTERS:
+        drafter = make_drafter(trained, name, cost=COST)
+        out = speculative_generate(trained, [1, 4, 7], 12, num_draft=3, drafter=name if name != "adaptive"
+                                   else drafter)
+        assert out.tokens == generate(trained, [1, 4, 7], 12).tokens
+    with pytest.raises(ValueError, match="drafter must be one of"):
+        speculative_generate(trained, [1, 2], 5, drafter="beam")
+
+
+@pytest.mark.parametrize("name,temperature", [("mtp-tree", 0.0), ("hybrid", 0.0), ("mtp-tree", 1.0),
+                                              ("adaptive", 1.0)])
+def test_caches_after_tree_steps_equal_fresh_forward(trained, name, temperature):  # noqa: F811
+    """After every step the main cache and each module's cache hold exactly what a fresh forward over the
+    committed tokens gives: the accepted path was kept, not a prefix of the flattened tree."""
+    drafter = make_drafter(trained, name, cost=COST)
+    prompt = [4, 7, 10, 21, 3, 9, 30]
+    tokens = list(prompt)
+    off_prefix = 0
+    for ev in speculative_steps(trained, prompt, 40, num_draft=4, temperature=temperature, seed=3,
+                                drafter=drafter):
+        tokens += ev.emitted
+        off_prefix += ev.path != list(range(len(ev.path)))
+        cache = drafter.cache
+        assert cache.length == len(tokens) - 1
+        lengths = [c.length for c in cache.mtp]
+        for j, m in enumerate(lengths, start=1):
+            assert m <= len(tokens) - 1 - j
+        ref = fresh_caches(trained, tokens, lengths)
+        for got, want in zip(cache.main + cache.mtp, ref.main + ref.mtp, strict=True):
+            assert got.length == want.length
+            torch.testing.assert_close(got.k[:, :, :got.length], want.k[:, :, :want.length])
+            torch.testing.assert_close(got.v[:, :, :got.length], want.v[:, :, :want.length])
+    assert off_prefix > 0            # some accepted paths were not a prefix of the node order
+
+
+def test_tree_drafts_equal_a_full_forward(trained):  # noqa: F811
+    """Every MTP node was ranked by the distribution the chain would draft it from after its ancestors: module e at
+    position n-1 for depth e <= D (the training computation), module D run again past D; by a cache-free reference."""
+    drafter = TreeDrafter(trained, top_b=3, budget=30)
+    D = trained.config.mtp_depth
+    tokens = [6, 9, 12, 2, 5, 8]
+    checked = [0] * 5
+    for ev in speculative_steps(trained, tokens, 30, num_draft=4, drafter=drafter):
+        for i, par in enumerate(ev.parents or []):
+            path, x = [], par
+            while x >= 0:
+                path.insert(0, ev.draft_tokens[x])
+                x = ev.parents[x]
+            ref = drafts_beyond_depth_reference(trained, tokens, path + [ev.draft_tokens[i]])   # (e, V)
+            q = torch.softmax(ref[len(path)], -1)                             # row e-1 predicts depth e
+            torch.testing.assert_close(ev.draft_probs[i], q.to(ev.draft_probs.dtype))
+            checked[len(path)] += 1
+        tokens += ev.emitted
+    assert min(checked[:4]) > 5 and D < 4          # depths 1..4: modules 1, 2 and module 2 reused twice
+
+
+def test_hybrid_records_sources_and_adaptive_sizes_the_tree(trained):  # noqa: F811
+    prompt = [5, 8, 11, 14, 17, 20, 5, 8, 11]
+    hybrid = make_drafter(trained, "hybrid")
+    out = speculative_generate(trained, prompt, 30, num_draft=6, drafter=hybrid)
+    assert "ngram" in "".join(out.stats.accepted_by_source)
+    # with verification that costs a lot per token the cost model verifies fewer nodes
+    cheap = TreeDrafter(trained, ngram=NGramDrafter(32), cost=COST, budget=32)
+    dear = TreeDrafter(trained, ngram=NGramDrafter(32), budget=32,
+                       cost=TreeCost(c=0.1, v=tuple(1.0 + 0.5 * n for n in range(64))))
+    sizes = {}
+    for label, d in (("cheap", cheap), ("dear", dear)):
+        steps = list(speculative_steps(trained, prompt, 30, num_draft=6, drafter=d))
+        sizes[label] = sum(len(ev.draft_tokens) for ev in steps) / len(steps)
+    assert sizes["dear"] < sizes["cheap"]
+
+
+def test_cost_model_picks_the_best_size():
+    cost = TreeCost(c=0.1, v=(1.0, 1.0, 1.0, 2.0, 3.0))
+    assert cost.best_size([0.9, 0.8, 0.1, 0.1], calls=1) == 2      # v jumps at 4 tokens: two nodes
+    assert cost.verify(7) == 5.0                                  # linear beyond the measured range
+    assert TreeCost(c=0.1, v=(1.0, 1.01)).best_size([0.001], calls=1) == 0
+
+
+def test_measure_costs_is_sane():
+    torch.manual_seed(0)
+    model = MTPModel(get_preset("tiny")).eval()
+    m = measure_costs(model, max_n=8, repeats=2, prefix=16)
+    assert m["n"] == list(range(1, 9)) and m["v"][0] == 1.0
+    assert all(v > 0 for v in m["v"]) and m["c"] > 0
+    with pytest.raises(ValueError, match="max_seq_len"):
+        measure_costs(model, max_n=60, prefix=16)
