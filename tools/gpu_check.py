@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -141,11 +142,14 @@ def meta(device: torch.device) -> dict:
         p = torch.cuda.get_device_properties(device)
         info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_gib=round(p.total_memory / 2 ** 30, 1),
                     multiprocessors=p.multi_processor_count, cuda=torch.version.cuda)
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True, timeout=10).stdout.strip() or None
+    try:   # the commit, and the tracked files of the code that ran that differ from it (a copy without .git: None)
+        git = dict(cwd=ROOT, capture_output=True, text=True, timeout=10)
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip() or None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "mtp_lab", "tools",
+                                 "tests", "notebooks", "assets"], **git).stdout.splitlines()
+        info["modified"] = [line[3:] for line in status] if info["commit"] else None
     except (OSError, subprocess.TimeoutExpired):
-        info["commit"] = None
+        info["commit"] = info["modified"] = None
     return info
 
 
@@ -185,7 +189,7 @@ def part_tests(p: Part) -> None:
             skips.append({"test": name, "reason": (skip.get("message") or "")[:200]})
         else:
             counts["passed"] += 1
-    p.record("tests", {"command": " ".join(["python", *cmd[1:-1]]), "exit_code": proc.returncode, **counts,
+    p.record("tests", {"command": shlex.join(["python", *cmd[1:-1]]), "exit_code": proc.returncode, **counts,
                        "seconds": round(time.perf_counter() - t0, 1), "failures": failures, "skips": skips,
                        "tail": proc.stdout[-1500:]})
 
@@ -243,7 +247,7 @@ def part_simulation(p: Part) -> None:
     dev, S = p.device, p.sizes
     hw_ok = dev.type == "cpu" or scaled_mm_available(dev)
     p.record("hardware", "torch._scaled_mm on " + (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
-             "the CPU (exact FP32 accumulation: exercises the code, measures no tensor core)")
+             "the CPU (FP32 accumulation: exercises the code, measures no tensor core)")
              + ("" if hw_ok else " -- NOT AVAILABLE (compute capability < 8.9)"))
     rows = []
     for M, N, K in S["sim_shapes"]:
@@ -396,7 +400,7 @@ def part_decoding(p: Part) -> None:
         prompts, source = cpu["prompts"], f"the {len(cpu['prompts'])} prompts of {CPU_REPORT.relative_to(ROOT)}"
     else:
         _, prompts, source = bench.heldout_prompts(None, S["prompts"], S["prompt_len"])
-        source = f"{S['prompts']} windows of this machine's test split (Python {platform.python_version()})"
+        source = f"{S['prompts']} windows of the test split (bench.heldout_prompts)"
     p.record("prompts_source", source)
     p.record("prompts", prompts)
     drafters = bench.build_drafters(model, ["mtp", "ngram"])
@@ -605,7 +609,7 @@ def main(argv=None) -> int:
     report = {"label": label, "meta": meta(device), "parts": {}}
     if device.type == "cpu":
         report["note"] = ("CPU RUN: small sizes, run to prove that every code path of the GPU check works; "
-                          "torch._scaled_mm on a CPU accumulates exactly, so no number here describes a GPU")
+                          "torch._scaled_mm on a CPU accumulates in FP32, so no number here describes a GPU")
     for name in args.parts:
         print(f"gpu_check: {name} (budget {BUDGET_S[name] * args.budget_scale:.0f} s) ...", flush=True)
         report["parts"][name] = run_part(name, args, report)

@@ -22,7 +22,7 @@ def tests(r: dict) -> list[str]:
              f"{t['skipped']} skipped** in {t['seconds']} s (exit code {t['exit_code']})", ""]
     lines += [f"- FAILED `{f['test']}`: {f['message']}" for f in t["failures"]]
     lines += [f"- skipped `{s['test']}`: {s['reason']}" for s in t["skips"]]
-    return lines
+    return lines + [""]
 
 
 def simulation(r: dict) -> list[str]:
@@ -161,6 +161,43 @@ RENDER = {"tests": ("1. Unit tests on the device", tests),
           "notebooks": ("6. Notebooks on the device", notebooks)}
 
 
+def summary(name: str, r: dict) -> str:
+    """One line per part: the answer to the question the part asks."""
+    if name == "tests" and r.get("tests"):
+        t = r["tests"]
+        return f"{t['passed']} passed, {t['failed'] + t['error']} failed, {t['skipped']} skipped"
+    if name == "simulation" and r.get("kernel_scheme"):
+        pc = [row["hw per-chunk"] for row in r["kernel_scheme"] if "hw per-chunk" in row]
+        acc = r.get("accumulator", [])
+        bits = {k: [row[k].get("best_bits") for row in acc if isinstance(row.get(k), dict)]
+                for k in ("default", "fast_accum")}
+        return (f"hardware per-chunk vs simulation: at most {max(x['to_sim_chunked'] for x in pc):.1e} of ||C||; "
+                f"14-bit model closer to the hardware than exact accumulation in "
+                f"{sum(x['model_closer_than_exact'] for x in pc)} of {len(pc)} shapes; accumulator bits that fit best "
+                f"(default / fast-accum, by K): "
+                f"{bits['default']} / {bits['fast_accum']}" if pc else "no FP8 hardware")
+    if name == "throughput" and r.get("gemm"):
+        row = r["gemm"][0]
+        best = {k: v["speedup_over_bf16"] for k, v in row.items() if isinstance(v, dict) and "speedup_over_bf16" in v}
+        top = max(best, key=best.get)
+        return f"{row['shape']}: fastest {top}, {best[top]:.2f}x bf16"
+    if name == "decoding" and r.get("rows"):
+        best = max(r["rows"], key=lambda x: x["speedup"])
+        same = all(x["identical_to_ar"] == len(r["prompts"]) for x in r["rows"])
+        line = f"best {best['drafter']} k={best['k']} {best['speedup']:.2f}x AR (tau {best['tau']:.2f}); greedy = AR " \
+               f"on every prompt: {same}"
+        return line + (f"; tau equal to the CPU's: {r['vs_cpu']['tau_equal']}" if r.get("vs_cpu") else "")
+    if name == "train" and r.get("comparison"):
+        c = r["comparison"]
+        return (f"FP8 within seed noise of BF16: {c['within_seed_noise']}; FP8/BF16 tokens/s "
+                f"{c['fp8_tokens_per_s_over_bf16']:.2f}x")
+    if name == "notebooks" and r.get("notebooks"):
+        nbs = r["notebooks"]
+        return f"{len(nbs)} notebooks: {sum(bool(n['problems']) for n in nbs)} with build-check problems, " \
+               f"{sum(bool(n['checked_outputs_changed']) for n in nbs)} with changed checked outputs"
+    return "no result"
+
+
 def markdown(report: dict) -> str:
     m = report["meta"]
     lines = [f"# GPU check: {m.get('gpu', 'CPU')}", ""]
@@ -169,8 +206,14 @@ def markdown(report: dict) -> str:
     lines += [f"Written by `python tools/gpu_check.py` (`make gpu-check`) on {m['date_utc']}: device {m['device']}"
               + (f" ({m['gpu']}, compute capability {m['capability']}, {m['gpu_memory_gib']} GiB, CUDA {m['cuda']})"
                  if "gpu" in m else "")
-              + f", torch {m['torch']}, Python {m['python']}, {m['cpu_count']} CPUs, commit {m.get('commit')}. "
-              "Every number below comes from the JSON file beside this one.", ""]
+              + f", torch {m['torch']}, Python {m['python']}, {m['cpu_count']} CPUs, commit {m.get('commit')}"
+              + (f" with {len(m['modified'])} modified file(s) ({', '.join(m['modified'][:8])})" if m.get("modified")
+                 else " (the code as committed)" if m.get("modified") == [] else "") + ". "
+              "Every number below comes from the JSON file beside this one.", "",
+              "| part | status | seconds | result |", "|---|---|---|---|"]
+    lines += [f"| {RENDER[name][0]} | {part['status']} | {part['seconds']} | {summary(name, part['result'])} |"
+              for name, part in report["parts"].items()]
+    lines.append("")
     for name, part in report["parts"].items():
         title, render = RENDER[name]
         lines += [f"## {title}", "",
