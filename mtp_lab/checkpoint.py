@@ -256,6 +256,10 @@ def read_manifest(directory: str | Path) -> dict:
             and set(sha) <= set(CHECKPOINT_FILES)):
         raise CheckpointError(f"{path}: no sha256 of each of {', '.join(listed)}, so the files cannot be checked; "
                               f"{fix}")
+    data = meta.get("data")                 # the corpus record of mtp_lab.train (absent in older runs)
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("tokens_sha256"), str) and
+                                 isinstance(data.get("root"), (str, type(None))) and isinstance(data.get("mix", ""), str)):
+        raise CheckpointError(f"{path}: 'data' is not the record of a corpus (root, mix, tokens_sha256); {fix}")
     return meta
 
 
@@ -290,6 +294,7 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer) ->
             and sum(len(g["params"]) for g in groups) == len(params)):
         raise CheckpointError(f"{directory / TRAINER_FILE}: optimizer groups do not match the model "
                               f"({len(params)} parameters); was it saved for another config?")
+    _check_groups(directory / TRAINER_FILE, groups, optimizer.param_groups)
     state: dict[int, dict] = {}
     for key, t in _read_tensors(path).items():
         index, _, name = key.partition(".")
@@ -309,6 +314,25 @@ def load_train_state(directory: str | Path, optimizer: torch.optim.Optimizer) ->
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path}: cannot restore optimizer state: {e}") from e
     return meta
+
+
+def _check_groups(path: Path, saved: list[dict], now: list[dict]) -> None:
+    """The saved hyper-parameters of each optimizer group have the names and types of this optimizer's (numbers
+    finite), so that load_state_dict and AdamW's step cannot fail on them."""
+    def same_kind(a, b) -> bool:
+        if isinstance(b, bool) or b is None or isinstance(b, str):
+            return type(a) is type(b)
+        if isinstance(b, (int, float)):
+            return not isinstance(a, bool) and isinstance(a, (int, float)) and math.isfinite(a)
+        if isinstance(b, (tuple, list)):
+            return isinstance(a, (tuple, list)) and len(a) == len(b) and all(map(same_kind, a, b))
+        return False
+    for i, (g, ref) in enumerate(zip(saved, now, strict=True)):
+        bad = sorted(k for k in set(g) | set(ref) if k != "params" and not (k in g and k in ref
+                                                                             and same_kind(g[k], ref[k])))
+        if bad:
+            raise CheckpointError(f"{path}: optimizer group {i} has missing or malformed {bad}; the file is corrupt: "
+                                  f"resume from a copy of the run, or start again")
 
 
 def _check_moments(path: Path, state: dict[int, dict], n_params: int, step: int) -> None:

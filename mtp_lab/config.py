@@ -47,8 +47,8 @@ def check_number(name: str, value, minimum: float = 0.0, maximum: float = math.i
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and \
         minimum <= value <= maximum and not (positive and value <= 0)
     if not ok:
-        rng = f"> {minimum}" if positive and minimum == 0 else f">= {minimum}"
-        rng += f" and <= {maximum}" if math.isfinite(maximum) else ""
+        rng = f"> {minimum:g}" if positive and minimum == 0 else f">= {minimum:g}"
+        rng += f" and <= {maximum:g}" if math.isfinite(maximum) else ""
         raise ValueError(f"{name} must be a finite number {rng}{note}, got {value!r}")
     return value
 

@@ -222,7 +222,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:     # a full disk: name the file being written
+        if isinstance(e, OSError) and e.errno and e.filename is None:    # a full disk: name the file written
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 

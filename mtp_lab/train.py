@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import TRAINER_FILE, CheckpointError, load_model, load_train_state, recover, save_checkpoint
+from .checkpoint import load_model, load_train_state, recover, save_checkpoint
 from .config import MAX_LR, MAX_STEPS, ModelConfig, check_choice, check_int, check_number, check_seed
 from .data import SPLITS, Corpus, eval_batches, sample_batch
 from .loss import mtp_lambda, mtp_loss
@@ -323,10 +323,7 @@ class Trainer:
             raise ValueError(f"checkpoint {directory} has model config {loaded.config}, this run uses "
                              f"{self.model.config}; resume with the same preset and overrides")
         meta = load_train_state(directory, self.optimizer)
-        saved = meta.get("data")
-        if saved is not None and not (isinstance(saved, dict) and isinstance(saved.get("tokens_sha256"), str)):
-            raise CheckpointError(f"{Path(directory) / TRAINER_FILE}: 'data' is not the record of a corpus; the file "
-                                  f"is corrupt: resume from a copy of the run, or start again")
+        saved = meta.get("data")                      # checked by read_manifest
         if saved is not None and saved["tokens_sha256"] != self.data["tokens_sha256"]:
             def show(d):
                 return f"root {d.get('root') or 'default'}, mix {d.get('mix', '?')}, tokens {d.get('tokens')}"

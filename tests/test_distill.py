@@ -142,6 +142,8 @@ def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
     for path in (again, twice):
         mtp = {k: v for k, v in load_pretrained(path, mtp="undistilled")[0].state_dict().items() if "mtp." in k}
         assert all(torch.equal(v, trained.state_dict()[k]) for k, v in mtp.items())
-    # an export without distillation drops a stale undistilled file
-    assert cli_main(common + ["--resume", "--steps", "5", "--export", str(again)]) == 0
+    # an export replaces a model only with --overwrite; one without distillation drops a stale undistilled file
+    assert cli_main(common + ["--resume", "--steps", "5", "--export", str(again)]) == 2
+    assert "--export" in capsys.readouterr().err and (again / "mtp_undistilled.safetensors").exists()
+    assert cli_main(common + ["--overwrite", "--steps", "2", "--export", str(again)]) == 0
     assert not (again / "mtp_undistilled.safetensors").exists()
