@@ -58,7 +58,7 @@ from gpu_check_report import markdown  # noqa: E402
 from mtp_lab.data import atomic_write_json  # noqa: E402
 
 PARTS = ("tests", "simulation", "throughput", "decoding", "train", "notebooks")
-BUDGET_S = {"tests": 80, "simulation": 30, "throughput": 30, "decoding": 45, "train": 75, "notebooks": 120}
+BUDGET_S = {"tests": 60, "simulation": 25, "throughput": 25, "decoding": 40, "train": 80, "notebooks": 130}  # 6 min
 RESULTS = ROOT / "docs" / "results"
 CPU_REPORT = RESULTS / "gpu_check_cpu.json"     # the committed CPU run: its prompts, tau and AR text
 TEST_FILES = ("tests/test_model.py", "tests/test_fp8.py", "tests/test_decoding.py", "tests/test_train.py")
@@ -72,7 +72,7 @@ SIZES = {
                               ("course head", 2048, 2048, 128), ("decode w1 (16 rows)", 16, 352, 128)],
                  linear_shapes=[("4096 tokens, 4096 -> 4096", 4096, 4096, 4096), ("course w1", 2048, 128, 352)],
                  repeats=20, prompts=8, prompt_len=64, new_tokens=64, ks=[1, 2, 3],
-                 train=dict(steps=200, batch_size=16, seq_len=128, eval_interval=25)),
+                 train=dict(steps=150, batch_size=16, seq_len=128, eval_interval=25)),
     "cpu": dict(sim_shapes=[(64, 128, 128), (32, 352, 352)], corner=64, acc_mn=32, acc_ks=[128, 512, 1024],
                 gemm_shapes=[("128^3", 128, 128, 128), ("course wq (64 tokens)", 64, 128, 128)],
                 linear_shapes=[("course w1 (64 tokens)", 64, 128, 352)],

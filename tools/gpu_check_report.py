@@ -171,7 +171,8 @@ def summary(name: str, r: dict) -> str:
         acc = r.get("accumulator", [])
         bits = {k: [row[k].get("best_bits") for row in acc if isinstance(row.get(k), dict)]
                 for k in ("default", "fast_accum")}
-        return (f"hardware per-chunk vs simulation: at most {max(x['to_sim_chunked'] for x in pc):.1e} of ||C||; "
+        worst = max(x["to_sim_chunked"] for x in pc) if pc else None
+        return (f"hardware per-chunk vs simulation: at most {worst:.1e} of the norm of C; "
                 f"14-bit model closer to the hardware than exact accumulation in "
                 f"{sum(x['model_closer_than_exact'] for x in pc)} of {len(pc)} shapes; accumulator bits that fit best "
                 f"(default / fast-accum, by K): "
