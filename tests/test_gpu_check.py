@@ -72,6 +72,7 @@ def test_simulation_part_on_cpu(tmp_path, monkeypatch):
     assert acc["model_14bit_rel"] > 2 * acc["model_14bit_promoted_rel"]   # promotion helps at K = 512
 
 
+@pytest.mark.slow                      # a pytest run in a subprocess
 def test_tests_part_counts_outcomes(tmp_path, monkeypatch):
     (tmp_path / "conftest.py").write_text(
         "def pytest_addoption(parser):\n    parser.addoption('--torch-device', default='cpu')\n")
@@ -129,6 +130,7 @@ def test_no_cuda_is_one_line(capsys):
     assert "no CUDA device here" in capsys.readouterr().err
 
 
+@pytest.mark.slow                      # a pytest run in a subprocess
 def test_unusable_test_device_stops_pytest_with_one_line():
     proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_model.py", "-q", "-k", "one_token",
                            "--torch-device", "nosuchdevice", "-p", "no:cacheprovider"],
