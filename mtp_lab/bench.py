@@ -105,6 +105,8 @@ def run_bench(model, prompts, new_tokens: int, ks, drafters: dict, temperature: 
             "ms_per_main_forward": {"draft": 1e3 * s.draft_time_s / F, "verify": 1e3 * s.verify_time_s / F,
                                     "overhead": 1e3 * overhead / F, "ar_token": 1e3 * a},
             "ms_per_draft_forward": 1e3 * s.draft_time_s / s.draft_forwards if s.draft_forwards else None,
+            "nodes_per_step": s.drafted / s.steps if s.steps else None,
+            "accepted_by_source": dict(sorted(s.accepted_by_source.items())),
         })
         r = rows[-1]
         r["c"] = r["ms_per_draft_forward"] / (1e3 * a) if r["ms_per_draft_forward"] is not None else None
@@ -127,7 +129,9 @@ def repeated_bench(model, prompts, new_tokens: int, ks, drafters: dict, repeats:
         samples = sorted((run[i] for run in runs), key=lambda r: r["speedup"])
         median = dict(samples[len(samples) // 2])
         speedups = [r["speedup"] for r in samples]
-        median.update(repeats=repeats, speedup_samples=speedups, speedup_range=(speedups[0], speedups[-1]))
+        cpu = sorted(r["cpu_speedup"] for r in samples)
+        median.update(repeats=repeats, speedup_samples=speedups, speedup_range=(speedups[0], speedups[-1]),
+                      cpu_speedup_median=cpu[len(cpu) // 2], cpu_speedup_range=(cpu[0], cpu[-1]))
         rows.append(median)
     return rows
 
@@ -188,10 +192,10 @@ def json_safe(x):
 
 
 def format_table(rows: list[dict]) -> str:
-    kmax = max(r["k"] for r in rows)
+    kmax = min(4, max(r["k"] for r in rows))           # per-position columns: the first four positions
     head = (f"{'drafter':8} {'k':>2} {'tau':>5} {'acc':>5} " + " ".join(f"{'p' + str(j + 1):>5}" for j in range(kmax))
             + f" {'tok/F':>5} {'tok/s':>7} {'speedup':>7} {'range':>10} {'cpu sp':>6} {'sp/tau':>6}"
-            + f" {'draft':>6} {'verify':>6} {'ovh':>5} {'c':>5} {'v':>5}  same")
+            + f" {'draft':>6} {'verify':>6} {'ovh':>5} {'c':>5} {'v':>5} {'nodes':>5}  same  accepted from")
     lines = [head, "-" * len(head)]
     for r in rows:
         pos = [r["per_position"][j] if j < len(r["per_position"]) else None for j in range(kmax)]
@@ -202,11 +206,47 @@ def format_table(rows: list[dict]) -> str:
             + f" {r['tokens_per_main_forward']:5.2f} {r['tokens_per_s']:7.1f} {r['speedup']:6.2f}x"
             + f" {r['speedup_range'][0]:5.2f}-{r['speedup_range'][1]:4.2f} {r['cpu_speedup']:5.2f}x"
             + f" {r['speedup_over_tau']:6.2f} {ms['draft']:6.2f} {ms['verify']:6.2f} {ms['overhead']:5.2f}"
-            + f" {_fmt(r['c'], '5.3f')} {r['v']:5.2f}"
-            + f"  {_fmt(r['identical_to_ar'], 'd', 1)}/{r['prompts']}")
+            + f" {_fmt(r['c'], '5.3f')} {r['v']:5.2f} {_fmt(r.get('nodes_per_step'), '5.1f')}"
+            + f"  {_fmt(r['identical_to_ar'], 'd', 1)}/{r['prompts']}  {_sources(r.get('accepted_by_source') or {})}")
     lines.append(f"speedup = the median of {rows[0].get('repeats', 1)} run(s), range = min-max over them; "
                  "tau = 1 + accepted/drafting steps; pj = acceptance at draft position j; tok/F = tokens per "
                  "main forward; cpu sp = speedup in process CPU time; draft/verify/ovh = ms per main forward "
                  f"(AR: ms per token = {rows[0]['ms_per_main_forward']['ar_token']:.2f}); c = ms per draft / AR ms "
-                 "per token; v = verify ms per main forward / AR ms per token; same = outputs identical to AR")
+                 "per token; v = verify ms per main forward / AR ms per token; nodes = drafted tokens per drafting "
+                 "step (a tree's nodes); same = outputs identical to AR; accepted from = share of accepted drafts "
+                 "by who proposed them")
+    return "\n".join(lines)
+
+
+def _sources(counts: dict) -> str:
+    total = sum(counts.values())
+    return " ".join(f"{src} {n / total:.0%}" for src, n in counts.items()) if total else "-"
+
+
+def verify_cost(model, max_n: int = 64, repeats: int = 7, source: str = "") -> dict:
+    """`mtp-lab bench --verify-cost N`: v(n) for n = 1..N and the draft cost c (tree.measure_costs, process CPU time,
+    this process's threads), with the tree sizes the curve implies: the largest n whose verify forward costs at most
+    1.25, 1.5 and 2 AR steps (v_fit, the non-decreasing fit)."""
+    from .tree import measure_costs
+    if max_n >= model.config.max_seq_len:
+        raise ValueError(f"--verify-cost {max_n} must be below the model's max_seq_len {model.config.max_seq_len}")
+    out = measure_costs(model, max_n=max_n, repeats=repeats, prefix=min(64, model.config.max_seq_len - max_n))
+    fit = out["v_fit"]
+    out["largest_n_within"] = {str(x): max(n for n, v in zip(out["n"], fit, strict=True) if v <= x)
+                               for x in (1.25, 1.5, 2.0)}
+    out.update(source=source, config=model.config.to_dict(), torch=torch.__version__)
+    return out
+
+
+def format_verify_cost(res: dict) -> str:
+    ns = [n for n in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64) if n <= len(res["n"])]
+    lines = [f"verify cost v(n) = CPU ms of one forward over n tokens / CPU ms of one token (AR: {res['ar_ms']:.2f} "
+             f"ms), median of {res['repeats']}, {res['threads']} thread(s), after a {res['prefix']}-token cache",
+             "n      " + " ".join(f"{n:>5}" for n in ns),
+             "v(n)   " + " ".join(f"{res['v'][n - 1]:5.2f}" for n in ns),
+             "fit    " + " ".join(f"{res['v_fit'][n - 1]:5.2f}" for n in ns),
+             f"draft cost c = {res['c']:.3f} (one MTP module call over {res['entries']} tree entries, "
+             f"{res['c_ms']:.2f} ms)",
+             "largest tree (n = nodes + root) within v(n) <= " + ", ".join(
+                 f"{x}: {n}" for x, n in res["largest_n_within"].items())]
     return "\n".join(lines)

@@ -296,9 +296,10 @@ def make_drafter(model: MTPModel, drafter: DrafterName | Drafter = "mtp", fp8_dr
     "mtp", "mtp-pre", "mtp-fp8": the chain of MTP modules (MTPDrafter), recycling beyond D the post-norm state,
     the pre-norm state, or drafting with a copy whose MTP blocks run in simulated FP8 (fp8_linear, scope "mtp":
     the main model still verifies in full precision, so the output is unchanged; fp8_drafter=True asks the same of
-    "mtp"); "ngram": prompt lookup; "mtp-tree": a top-2 tree of MTP drafts, 16 nodes (TreeDrafter); "hybrid": that
-    tree with the n-gram continuation as a branch; "adaptive": the hybrid tree sized per step by the cost model
-    (`cost`, measured by tree.measure_costs on this machine when not given).
+    "mtp"); "ngram": prompt lookup; "mtp-tree": a top-2 tree of MTP drafts, 16 nodes at most (TreeDrafter); "hybrid":
+    that tree, 4 MTP levels deep, with prompt lookup continuing the root and the best MTP leaf up to depth k;
+    "adaptive": the hybrid tree with up to 32 nodes, its MTP depth and size chosen per step by the cost model
+    (`cost`, measured by tree.measure_costs on this machine when not given). For trees k is the maximum depth.
     """
     if not isinstance(drafter, str):
         if not isinstance(drafter, Drafter):
@@ -323,9 +324,12 @@ def make_drafter(model: MTPModel, drafter: DrafterName | Drafter = "mtp", fp8_dr
     if drafter == "adaptive" and cost is None:
         cost = tree_cost(measure_costs(model, max_n=min(40, model.config.max_seq_len // 2), repeats=3,
                                        prefix=min(64, model.config.max_seq_len // 2)))
-    return TreeDrafter(model, ngram=NGramDrafter(V) if drafter != "mtp-tree" else None,
-                       cost=cost if drafter == "adaptive" else None, recycle=recycle, name=drafter,
-                       budget=32 if drafter == "adaptive" else 16)
+    if drafter == "mtp-tree":
+        return TreeDrafter(model, top_b=2, budget=16, recycle=recycle, name=drafter)
+    if drafter == "hybrid":
+        return TreeDrafter(model, top_b=2, budget=16, ngram=NGramDrafter(V), mtp_steps=4, recycle=recycle,
+                           name=drafter)
+    return TreeDrafter(model, top_b=2, budget=32, ngram=NGramDrafter(V), cost=cost, recycle=recycle, name=drafter)
 
 
 def speculative_steps(model: MTPModel, prompt_ids, max_new_tokens: int, num_draft: int = 1,

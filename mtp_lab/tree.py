@@ -118,9 +118,12 @@ class TreeDrafter:
     lookup's continuation as a branch (merged where it meets an MTP node; hybrid); `cost` sizes each step's tree
     and stops drafting early from the cost model (adaptive).
 
-    Path score of a node = product of the drafter's probabilities along its path (softmax of its logits, the
-    temperature ignored: a ranking, not the q of speculative sampling); an n-gram node scores its parent's score
-    times the running acceptance of n-gram nodes. Scores fall along a path, so the best nodes form a tree.
+    Path score of a node = its parent's score times its estimated chance of acceptance once the parent is reached:
+    for an MTP node min(1, f q) with q the drafter's probability (softmax of its logits, the temperature ignored: a
+    ranking, not the q of speculative sampling) and f the running ratio accepted / sum of q over the MTP nodes whose
+    parent was reached (calibration), for an n-gram node the running acceptance of such n-gram nodes. Scores fall
+    along a path, so the best nodes form a tree. With `ngram`, prompt lookup continues both the root and the best
+    deepest MTP node (staged: the MTP modules draft `mtp_steps` levels, the lookup goes on to depth k for free).
 
     Module j at tree node x (depth e) sits at position n - j + e and reads t_{n+e} = x, with h^{j-1} = module j-1's
     state at x's parent (the training computation, as the chain MTPDrafter); past depth D, module D runs again with
@@ -131,7 +134,7 @@ class TreeDrafter:
 
     def __init__(self, model: MTPModel, top_b: int = 2, width: int | None = None, budget: int = 16,
                  ngram: NGramDrafter | None = None, cost: TreeCost | None = None, recycle: Recycle | None = None,
-                 draft_model: MTPModel | None = None, name: str = "mtp-tree"):
+                 draft_model: MTPModel | None = None, mtp_steps: int | None = None, name: str = "mtp-tree"):
         if len(model.mtp) == 0:
             raise ValueError("the tree drafter needs a model with MTP modules (config.mtp_depth >= 1); "
                              "use drafter='ngram' for a model without them")
@@ -142,7 +145,9 @@ class TreeDrafter:
         self.draft_model = draft_model if draft_model is not None else model
         self.recycle = recycle or "feed"
         self.depth = len(model.mtp)                                              # D
-        self.ngram_hits = [1.0, 2.0]          # n-gram nodes accepted, proposed (a prior of 1/2), for its score
+        self.mtp_steps = None if mtp_steps is None else check_int("mtp_steps", mtp_steps, minimum=1)
+        self.ngram_hits = [1.0, 2.0]          # n-gram nodes accepted, reached (a prior of 1/2), for their score
+        self.mtp_hits = [1.0, 1.0]            # MTP nodes accepted, sum of q over those reached: the calibration f
 
     def start(self, cache: ModelCache) -> None:
         self.cache = cache
@@ -199,7 +204,8 @@ class TreeDrafter:
         self.calls += 1
         return logits[0]                                                           # (n_last, V)
 
-    def _add(self, tok: int, par: int, score: float, src: str) -> int:
+    def _add(self, tok: int, par: int, score: float, src: str, q: float = 0.0) -> int:
+        self.q.append(q)
         self.tok.append(tok)
         self.par.append(par)
         self.dep.append(self.dep[par] + 1 if par >= 0 else 1)
@@ -216,11 +222,12 @@ class TreeDrafter:
             return Draft([], torch.empty(0, V), None, forwards=0)
         self.n, self.seq, self.calls = n, tokens, 0
         self.mod = [{"entries": [], "state": {}}] + [{"entries": [], "state": {}} for _ in range(D)]
-        self.tok, self.par, self.dep, self.score, self.src = [], [], [], [], []
+        self.tok, self.par, self.dep, self.score, self.src, self.q = [], [], [], [], [], []
         self.kids = _Kids()                                      # node -> {token: child}; the root is -1
         probs_of: dict[int, torch.Tensor] = {}                   # node -> the drafter's distribution it was picked from
         frontier, used = [-1], 0
-        for d in range(k):
+        f = self.mtp_hits[0] / self.mtp_hits[1]
+        for d in range(min(k, self.mtp_steps or k)):
             j = min(d + 1, D)
             if self.cost is not None and d > 0 and not self._worth_another(frontier):
                 break
@@ -232,14 +239,15 @@ class TreeDrafter:
             q = torch.softmax(logits.float(), dim=-1)                              # (F, V)
             top_p, top_i = q.topk(self.top_b, dim=-1)                              # (F, b)
             children = []
-            for f, x in enumerate(frontier):
+            for i, x in enumerate(frontier):
                 base = self.score[x] if x >= 0 else 1.0
-                for s, t in zip(top_p[f].tolist(), top_i[f].tolist(), strict=True):
-                    children.append(self._add(t, x, base * s, "mtp"))
-                    probs_of[children[-1]] = q[f]
+                for s, t in zip(top_p[i].tolist(), top_i[i].tolist(), strict=True):
+                    children.append(self._add(t, x, base * min(1.0, f * s), "mtp", s))
+                    probs_of[children[-1]] = q[i]
             frontier = sorted(sorted(children, key=lambda c: -self.score[c])[:self.width])   # rows in entry order
         if self.ngram is not None:
-            self._add_ngram(tokens, k, probs_of, V)
+            for x in (-1, max(frontier, key=lambda c: self.score[c]) if frontier != [-1] else -1):
+                self._add_ngram(x, tokens, k, probs_of, V)
         keep = self._select()
         self.used, self.drafted, self.kept_order = used, True, keep
         index = {x: i for i, x in enumerate(keep)}
@@ -256,11 +264,12 @@ class TreeDrafter:
             x = self.par[x]
         return out
 
-    def _add_ngram(self, tokens: list[int], k: int, probs_of: dict, V: int) -> None:
-        """The prompt lookup's continuation as a branch from the root, merged into MTP nodes with the same tokens."""
+    def _add_ngram(self, x: int, tokens: list[int], k: int, probs_of: dict, V: int) -> None:
+        """The prompt lookup's continuation after node x (-1: the root) as a branch, up to depth k, merged into the
+        nodes that already hold its tokens."""
         r = self.ngram_hits[0] / self.ngram_hits[1]
-        x = -1
-        for t in self.ngram.lookup(tokens, k):
+        path = [self.tok[a] for a in reversed(self._path(x))]
+        for t in self.ngram.lookup(tokens + path, k - len(path)):
             score = (self.score[x] if x >= 0 else 1.0) * r
             child = self.kids[x].get(t)
             if child is None:
@@ -309,10 +318,14 @@ class TreeDrafter:
         self.drafted = False
         keep_nodes = [self.kept_order[i] for i in (path or [])[:n_kept]]
         on_path = {-1, *keep_nodes}
-        for x in self.kept_order:                         # n-gram nodes whose parent was reached: accepted or not
-            if "ngram" in self.src[x] and self.par[x] in on_path:
-                self.ngram_hits[0] += x in on_path
-                self.ngram_hits[1] += 1
+        for x in self.kept_order:                         # nodes whose parent was reached: accepted or not
+            if self.par[x] in on_path:
+                if "ngram" in self.src[x]:
+                    self.ngram_hits[0] += x in on_path
+                    self.ngram_hits[1] += 1
+                if self.src[x] != "ngram":
+                    self.mtp_hits[0] += x in on_path
+                    self.mtp_hits[1] += self.q[x]
         kept_states = {}
         for j in range(1, self.used + 1):
             st = self.mod[j]
@@ -339,21 +352,29 @@ class _Kids(dict):
         return self[key]
 
 
-def _time(fn, repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+def monotone(v: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to v in least squares (pool adjacent violators): a verify forward of more
+    tokens never costs less, so dips in a timed curve are noise."""
+    blocks: list[list[float]] = []                       # [mean, count]
+    for x in v:
+        blocks.append([x, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
 
 
 @torch.inference_mode()
 def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: int = 64, entries: int = 4,
                   seed: int = 0) -> dict:
     """The verify cost v(n), n = 1..max_n, and the draft cost c of one module call over `entries` tree entries, in
-    AR-token times (v(1) = one token after a cached prefix = the AR step), medians of `repeats`, this process's
-    threads. The forward is the engine's: a tree mask and position ids after a `prefix`-token cache."""
+    AR-token times (v(1): one token after a cached prefix, the AR step), this process's threads.
+
+    The forward is the engine's: a tree mask (a chain) and position ids after a `prefix`-token cache. Each repeat
+    times every n once, in turn (so that load on a shared machine hits every n alike), in process CPU seconds (not
+    wall time: waiting for a core is not cost); the medians are returned as ms, and v = ms / ms(1) made
+    non-decreasing (`monotone`) as `v_fit`, the curve the cost model uses.
+    """
     check_int("max_n", max_n, minimum=2)
     check_int("repeats", repeats, minimum=1)
     cfg = model.config
@@ -362,8 +383,11 @@ def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: in
     device = model.head.weight.device
     g = torch.Generator().manual_seed(seed)
     toks = torch.randint(0, cfg.vocab_size, (1, prefix + max_n), generator=g).to(device)
+    h = torch.randn(1, prefix + entries, cfg.d_model, generator=g).to(device)
     cache = model.new_cache()
     model.forward_main(toks[:, :prefix], cache)
+    if model.mtp:
+        model.forward_mtp(1, h[:, :prefix], toks[:, 1:prefix + 1], cache)        # module 1's committed prefix
 
     def verify(n):
         mask, depth = ancestor_mask(list(range(-1, n - 1)), prefix, device=device)
@@ -371,29 +395,27 @@ def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: in
         for c in cache.main:
             c.truncate(prefix)
 
-    ms = []
-    for n in range(1, max_n + 1):
-        verify(n)                                                   # warm-up of this shape
-        ms.append(1e3 * _time(lambda n=n: verify(n), repeats))
-    h = torch.randn(1, prefix + entries, cfg.d_model, generator=g).to(device)
-    if model.mtp:
-        model.forward_mtp(1, h[:, :prefix], toks[:, 1:prefix + 1], cache)        # module 1's committed prefix
+    def draft():
+        mask, depth = ancestor_mask([-1] * entries, prefix, device=device)
+        model.forward_mtp(1, h[:, prefix:], toks[:, prefix:prefix + entries], cache, last=entries, mask=mask,
+                          positions=prefix + depth)
+        cache.mtp[0].truncate(prefix)
 
-        def draft():
-            mask, depth = ancestor_mask([-1] * entries, prefix, device=device)
-            model.forward_mtp(1, h[:, prefix:], toks[:, prefix:prefix + entries], cache, last=entries, mask=mask,
-                              positions=prefix + depth)
-            cache.mtp[0].truncate(prefix)
-
-        draft()
-        c_ms = 1e3 * _time(draft, repeats)
-    else:
-        c_ms = float("nan")
-    return {"n": list(range(1, max_n + 1)), "ms": ms, "v": [x / ms[0] for x in ms], "c": c_ms / ms[0],
-            "c_ms": c_ms, "ar_ms": ms[0], "entries": entries, "prefix": prefix, "repeats": repeats,
-            "threads": torch.get_num_threads()}
+    jobs = [lambda n=n: verify(n) for n in range(1, max_n + 1)] + ([draft] if model.mtp else [])
+    samples = [[] for _ in jobs]
+    for _ in range(repeats + 1):                         # the first round warms every shape up, untimed
+        for job, times in zip(jobs, samples, strict=True):
+            t0 = time.process_time()
+            job()
+            times.append(time.process_time() - t0)
+    ms = [1e3 * statistics.median(t[1:]) for t in samples]
+    v_ms, c_ms = ms[:max_n], (ms[max_n] if model.mtp else float("nan"))
+    v = [x / v_ms[0] for x in v_ms]
+    return {"n": list(range(1, max_n + 1)), "ms": v_ms, "v": v, "v_fit": monotone(v), "c": c_ms / v_ms[0],
+            "c_ms": c_ms, "ar_ms": v_ms[0], "entries": entries, "prefix": prefix, "repeats": repeats,
+            "threads": torch.get_num_threads(), "clock": "process CPU time"}
 
 
 def tree_cost(measured: dict) -> TreeCost:
-    """The TreeCost of a measure_costs result."""
-    return TreeCost(c=measured["c"], v=tuple(measured["v"]))
+    """The TreeCost of a measure_costs result: c and the non-decreasing fit of v."""
+    return TreeCost(c=measured["c"], v=tuple(measured["v_fit"]))

@@ -84,3 +84,40 @@ def test_merge_pads_generations_that_drafted_fewer_positions():
     for m in (merge([a, b]), merge([b, a]), GenerationStats.merge([b, a])):
         assert m.drafted_per_position == [5, 2] and m.accepted_per_position == [4, 1]
         assert m.per_position == pytest.approx([4 / 5, 1 / 2])
+
+
+def test_bench_runs_the_trees_and_counts_who_proposed_each_accepted_token(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--random", "tiny", "--prompts", "2", "--prompt-len", "12", "--new-tokens", "12",
+               "--k", "3", "--drafters", "mtp-tree", "hybrid", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "accepted from" in text
+    for r in json.loads(out.read_text())["rows"][1:]:
+        assert r["identical_to_ar"] == 2
+        n_acc = round((r["tau"] - 1) * r["drafting_steps"])            # tau = 1 + accepted / steps
+        assert sum(r["accepted_by_source"].values()) == n_acc
+        assert r["nodes_per_step"] >= 1 and len(r["per_position"]) <= r["k"]
+
+
+def test_verify_cost_command_writes_the_curve(tmp_path, capsys):
+    out = tmp_path / "v.json"
+    assert main(["bench", "--random", "tiny", "--verify-cost", "8", "--repeats", "3", "--json", str(out)]) == 0
+    assert "largest tree" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["n"] == list(range(1, 9)) and res["v"][0] == pytest.approx(1.0) and res["repeats"] == 3
+    assert all(b >= a for a, b in zip(res["v_fit"], res["v_fit"][1:]))   # the fit never falls
+    assert res["largest_n_within"]["2.0"] >= res["largest_n_within"]["1.25"] >= 1
+
+
+def test_monotone_fit_pools_adjacent_violators():
+    from mtp_lab.tree import monotone
+    assert monotone([1.0, 1.2, 1.1, 1.5]) == pytest.approx([1.0, 1.15, 1.15, 1.5])     # least squares: the mean
+    assert monotone([1.0, 3.0, 1.0, 1.0]) == pytest.approx([1.0, 5 / 3, 5 / 3, 5 / 3])
+    assert monotone([1.0, 2.0]) == [1.0, 2.0]
+
+
+def test_merge_sums_the_sources():
+    a = GenerationStats(accepted_by_source={"mtp": 3, "ngram": 1})
+    b = GenerationStats(accepted_by_source={"mtp": 2, "mtp+ngram": 4})
+    assert merge([a, b]).accepted_by_source == {"mtp": 5, "ngram": 1, "mtp+ngram": 4}

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=1, help="run the whole benchmark this many times and report the "
                                                           "median run's speed-up with the range (default 1)")
     p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
+    p.add_argument("--verify-cost", type=int, default=0, metavar="N",
+                   help="instead of the benchmark: measure the verify cost v(n) of n = 1..N tokens and the draft cost "
+                        "c (medians of --repeats, process CPU time), the curve the tree drafters' size comes from")
     p.add_argument("--json", default="artifacts/bench_speculative.json", help="where to write the results")
     p.set_defaults(func=run)
 
@@ -57,6 +60,12 @@ def run(args) -> int:
         model, prompts, source = bench.random_setup(args.random, args.prompts, args.prompt_len, args.seed)
     else:
         model, prompts, source = bench.heldout_prompts(args.checkpoint, args.prompts, args.prompt_len)
+    if args.verify_cost:
+        result = bench.verify_cost(model, args.verify_cost, max(args.repeats, 3), source)
+        print(bench.format_verify_cost(result))
+        atomic_write_json(Path(args.json), bench.json_safe(result), indent=1, allow_nan=False)
+        print(f"wrote {args.json}")
+        return 0
     if args.prompt_len + args.new_tokens > model.config.max_seq_len:
         raise ValueError(f"--prompt-len + --new-tokens = {args.prompt_len + args.new_tokens} exceeds the model's "
                          f"max_seq_len {model.config.max_seq_len}; lower one of them")
