@@ -8,6 +8,7 @@ Entry points (each returns a dashboard; display it as the last expression of a c
 - speculative_race(model, tokenizer): plain vs speculative decoding on the wall clock.
 - training_monitor(): live loss curves and lambda, a callback for mtp_lab.train.Trainer.
 - speedup_lab(points): predicted speed-up from acceptance, k and draft cost, with measured and production points.
+- tree_view(model, tokenizer): a tree drafter's trees step by step: accepted path, rejected branches, sources.
 - loss_curves(runs): the training losses of finished runs ({label: History}) in the training monitor's colours.
 
 presenter(scale=1.5) makes every view built afterwards projector-sized (presenter(False) turns it off); the
@@ -24,6 +25,7 @@ from .specdec import speculative_dashboard
 from .speedup import speedup_lab
 from .theme import presenter
 from .training import loss_curves, training_monitor
+from .tree import tree_view
 
 __all__ = ["rmsnorm_dashboard", "architecture_view", "fp8_explorer", "speculative_dashboard", "speculative_race",
-           "training_monitor", "speedup_lab", "loss_curves", "presenter", "Throttle", "widgets_available"]
+           "training_monitor", "speedup_lab", "tree_view", "loss_curves", "presenter", "Throttle", "widgets_available"]
