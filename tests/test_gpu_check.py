@@ -108,10 +108,12 @@ def fake_python(tmp_path, body):
 
 
 def test_a_failing_or_hanging_part_is_recorded_and_the_report_still_written(tmp_path, monkeypatch):
-    # one part records a result, then fails; the next hangs past its budget
+    # one part records a result, then fails; the next hangs past its budget, with a child of its own (a pytest,
+    # a notebook kernel) that must not outlive it
+    pid_file = tmp_path / "grandchild.pid"
     monkeypatch.setattr(sys, "executable", fake_python(tmp_path, (
         'case "$OUT" in *simulation*) echo \'{"hardware": "half done"}\' > "$OUT"; '
-        'echo "RuntimeError: the part broke" >&2; exit 3;; *) sleep 5;; esac\n')))
+        f'echo "RuntimeError: the part broke" >&2; exit 3;; *) sleep 30 & echo $! > {pid_file}; wait;; esac\n')))
     monkeypatch.setitem(gc.BUDGET_S, "decoding", 0.5)
     rc = gc.main(["--device", "cpu", "--parts", "simulation", "decoding", "--out-dir", str(tmp_path)])
     assert rc == 1
@@ -119,6 +121,8 @@ def test_a_failing_or_hanging_part_is_recorded_and_the_report_still_written(tmp_
     sim, dec = report["parts"]["simulation"], report["parts"]["decoding"]
     assert sim["status"] == "failed" and "the part broke" in sim["error"] and sim["result"] == {"hardware": "half done"}
     assert dec["status"] == "timeout" and dec["seconds"] < 4
+    status = Path(f"/proc/{pid_file.read_text().strip()}/status")
+    assert not status.exists() or "zombie" in status.read_text()      # the whole process group was killed
     md = (tmp_path / "gpu_check_cpu.md").read_text()
     assert "CPU RUN" in md and "Status: **failed**" in md and "the part broke" in md and "Status: **timeout**" in md
 

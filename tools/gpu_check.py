@@ -41,6 +41,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -573,11 +574,17 @@ def run_part(name: str, args, report: dict) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--child", name,
                "--child-out", str(out), *(["--notebooks", *args.notebooks] if args.notebooks else [])]
         t0 = time.perf_counter()
+        # a session of its own: on timeout the whole group goes (pytest, a training run, a notebook kernel), so
+        # nothing of this part keeps the GPU busy while the next part measures
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=child_env(), start_new_session=True)
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=budget, env=child_env())
+            stdout, stderr = proc.communicate(timeout=budget)
             status = "ok" if proc.returncode == 0 else "failed"
-            error = None if proc.returncode == 0 else (proc.stderr or proc.stdout)[-2500:]
+            error = None if proc.returncode == 0 else (stderr or stdout)[-2500:]
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             status, error = "timeout", f"stopped after its budget of {budget:.0f} s; what it finished is kept"
         result = json.loads(out.read_text()) if out.is_file() else {}
     return {"status": status, "seconds": round(time.perf_counter() - t0, 1), "budget_s": budget,
