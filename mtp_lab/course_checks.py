@@ -461,3 +461,79 @@ def _lossless(answers) -> str:
     if wrong:
         raise Wrong(f"{len(wrong)} wrong: {wrong}")
     return "exact verification keeps the target's distribution whatever the drafter; thresholds do not."
+
+
+# ---------------------------------------------------------------- 09 beyond the chain
+
+def _walk_rows(*argmaxes, V: int = 8) -> torch.Tensor:
+    """Target rows (root first, then nodes 0, 1, 2) peaked at the given tokens."""
+    p = torch.full((len(argmaxes), V), 0.02)
+    for e, t in enumerate(argmaxes):
+        p[e, t] = 1 - 0.02 * (V - 1)
+    return p
+
+
+@exercise("tree_walk", "09", "start at the root and its row; draw ONE token from the row of the node you stand on; "
+                             "move to the child holding that token, or stop and return the very token you drew. "
+                             "Rows come root first, then the nodes in their order. A leaf still yields a token.")
+def _tree_walk(fn) -> str:
+    tokens, parents = [5, 7, 2], [-1, -1, 0]          # root -> 5 (node 0), 7 (node 1); node 0 -> 2 (node 2)
+
+    def greedy(row):
+        return int(torch.as_tensor(row).argmax())
+
+    cases = [(_walk_rows(5, 2, 3, 4), ([0, 2], 4)), (_walk_rows(6, 2, 3, 4), ([], 6)),
+             (_walk_rows(7, 2, 1, 4), ([1], 1)), (_walk_rows(5, 6, 3, 4), ([0], 6))]
+    for p, want in cases:
+        got = call(fn, tokens, parents, p, greedy)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise Wrong("return a pair (path, next_token): the accepted nodes, then the token the step adds")
+        path, nxt = list(got[0]), got[1]
+        if path == [tokens[i] for i in want[0]] and path != want[0]:
+            raise Wrong("the path lists tokens; give the accepted NODES (indices into tokens), root side first")
+        if path == want[0] and nxt is None:
+            raise Wrong("the walk ended without a token: at a leaf (or after a miss) the draw itself is emitted")
+        if (path, nxt) != want:
+            if want == ([0, 2], 4) and (path, nxt) == ([0], 5):
+                raise Wrong("at node 0 you read the root's row: the row of node i comes one after the root's")
+            raise Wrong(f"with target rows peaked at {p.argmax(-1).tolist()} (root first) the walk should give "
+                        f"{want}, got {(path, nxt)}")
+    draws = iter([5, 3, 6, 1])
+    used = []
+
+    def scripted(row):
+        used.append(1)
+        return next(draws)
+
+    got = call(fn, tokens, parents, _walk_rows(5, 2, 3, 4), scripted)
+    if len(used) != 2 or tuple(got) != ([0], 3):
+        raise Wrong(f"draws 5 then 3 must give ([0], 3) after exactly 2 draws, got {tuple(got)} after {len(used)}: "
+                    f"draw once per node, and the token that matched no child is the one you return")
+    return ("y ~ p at each node, follow the matching child, else emit y: every token is a draw from the target "
+            "given the tokens before it, so the tree is lossless whatever its shape.")
+
+
+@exercise("tree_size", "09", "expected tokens per step = the token the target always adds plus the acceptance "
+                             "chances of the nodes you verify; cost = the drafter's calls plus ONE verify forward, "
+                             "and that forward also carries the root. Try every size, keep the best rate.")
+def _tree_size(fn) -> str:
+    flat = [1.0, 1.02, 1.05, 1.1, 1.3, 1.45, 1.6, 1.8, 2.0]          # v(1), v(2), ...: flat, then rising
+    steady = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8]
+    for scores, v, c, calls in (([0.9, 0.8, 0.6, 0.3, 0.2, 0.1, 0.05], flat, 0.1, 3),
+                                ([0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05], steady, 0.3, 1),
+                                ([0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05], steady, 0.0, 4)):
+        rate = [(1 + sum(scores[:n])) / (calls * c + v[n]) for n in range(len(scores) + 1)]
+        want = max(range(len(rate)), key=rate.__getitem__)
+        got = call(fn, scores, v, c, calls)
+        if isinstance(got, float) and not float(got).is_integer():
+            raise Wrong("return the number of nodes to verify (an int), not the rate it reaches")
+        if got != want:
+            no_root = [(1 + sum(scores[:n])) / (calls * c + v[max(n - 1, 0)]) for n in range(len(scores) + 1)]
+            no_bonus = [sum(scores[:n]) / (calls * c + v[n]) for n in range(len(scores) + 1)]
+            if got == max(range(len(rate)), key=no_root.__getitem__) != want:
+                raise Wrong(f"tree_size(..., c={c}) = {got}: the verify forward of n nodes also carries the root, "
+                            f"one token more")
+            if got == max(range(len(rate)), key=no_bonus.__getitem__) != want:
+                raise Wrong(f"tree_size(..., c={c}) = {got}: every step also yields the target's own token")
+            raise Wrong(f"tree_size(scores, v, c={c}, calls={calls}) = {got}, expected {want}")
+    return "the size where expected tokens per unit of time peaks: TreeCost.best_size does this every step."

@@ -38,6 +38,34 @@ def _tokens(a, k):
     return (1 - a ** (k + 1)) / (1 - a) if a != 1 else k + 1.0
 
 
+def _walk(tokens, parents, p, sample):
+    """The tree walk written out here, independent of mtp_lab.tree.tree_accept."""
+    kids = {}
+    for i, (t, par) in enumerate(zip(tokens, parents, strict=True)):
+        kids.setdefault(par, {})[t] = i
+    path, node = [], -1
+    while True:
+        y = sample(p[node + 1])
+        if y not in kids.get(node, {}):
+            return path, y
+        node = kids[node][y]
+        path.append(node)
+
+
+def _walk_resampling(tokens, parents, p, sample):
+    path, y = _walk(tokens, parents, p, sample)
+    return path, sample(p[path[-1] + 1 if path else 0])        # draws again after the miss
+
+
+def _walk_rows_off_by_one(tokens, parents, p, sample):
+    return _walk(tokens, parents, torch.cat([p[:1], p]), sample)   # node i reads row i, the root's for node 0
+
+
+def _size(scores, v, c, calls, root=1, bonus=1):
+    rates = [(bonus + sum(scores[:n])) / (calls * c + v[n + root - 1]) for n in range(len(scores) + 1)]
+    return max(range(len(rates)), key=rates.__getitem__)
+
+
 def _break_even(k, c, v):
     """Bisection written out here, independent of mtp_lab.proportion."""
     if _tokens(1.0, k) <= k * c + v:
@@ -106,6 +134,12 @@ CASES = {
                                                            (lambda k, c, v: max(0.0, c + v - 1), "expected")]),
     "mtp_layer_indices": (lambda L, n: list(range(L, L + n)), [(lambda L, n: list(range(L - 1, L - 1 + n)), "start at"),
                                                                (lambda L, n: 61, "list")]),
+    "tree_walk": (_walk, [(lambda t, par, p, s: ([t[i] for i in _walk(t, par, p, s)[0]], _walk(t, par, p, s)[1]),
+                           "NODES"), (_walk_rows_off_by_one, "root's row"), (_walk_resampling, "draw once"),
+                          (lambda t, par, p, s: (_walk(t, par, p, s)[0], None), "without a token")]),
+    "tree_size": (_size, [(lambda *a: _size(*a, root=0), "carries the root"),
+                          (lambda *a: _size(*a, bonus=0), "own token"),
+                          (lambda *a: float(_size(*a)) + 0.5, "not the rate")]),
     "lossless": (dict(LOSSLESS), [({**LOSSLESS, "Medusa typical acceptance": True}, "1 wrong"), ({"a": 1}, "keys")]),
 }
 
@@ -115,7 +149,7 @@ def test_every_exercise_has_cases():
     per_notebook = {}
     for ex in EXERCISES.values():
         per_notebook[ex.notebook] = per_notebook.get(ex.notebook, 0) + 1
-    assert sorted(per_notebook) == [f"0{i}" for i in range(9)] and min(per_notebook.values()) >= 2
+    assert sorted(per_notebook) == [f"0{i}" for i in range(10)] and min(per_notebook.values()) >= 2
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
