@@ -176,7 +176,11 @@ def lock(directory: str | Path, what: str = "--out"):
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:                                    # never through a symlink: the file is truncated below
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise ValueError(f"{what} {directory}: cannot use its lock file {path} ({e.strerror}); remove it if no "
+                         f"run is writing there") from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -258,7 +262,8 @@ def read_manifest(directory: str | Path) -> dict:
                               f"{fix}")
     data = meta.get("data")                 # the corpus record of mtp_lab.train (absent in older runs)
     if data is not None and not (isinstance(data, dict) and isinstance(data.get("tokens_sha256"), str) and
-                                 isinstance(data.get("root"), (str, type(None))) and isinstance(data.get("mix", ""), str)):
+                                 isinstance(data.get("root"), (str, type(None))) and
+                                 isinstance(data.get("mix", ""), str)):
         raise CheckpointError(f"{path}: 'data' is not the record of a corpus (root, mix, tokens_sha256); {fix}")
     return meta
 

@@ -79,6 +79,16 @@ def corpus_identity(corpus: Corpus) -> dict:
             "tokenizer_sha256": hashlib.sha256(corpus.tokenizer.to_str().encode()).hexdigest()}
 
 
+def check_same_data(directory: str | Path, saved: dict | None, data: dict) -> None:
+    """ValueError unless `data` (corpus_source + corpus_identity) is the data recorded in a checkpoint (`saved`,
+    trainer.json's "data", checked by read_manifest; None in runs saved before the record)."""
+    if saved is not None and saved["tokens_sha256"] != data["tokens_sha256"]:
+        def show(d):
+            return f"root {d.get('root') or 'default'}, mix {d.get('mix', '?')}, tokens {d.get('tokens')}"
+        raise ValueError(f"checkpoint {directory} was trained on other data ({show(saved)}) than this run's "
+                         f"({show(data)}); resume on the same corpus files, mix and tokenizer, or start a new run")
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to cfg.lr over cfg.warmup steps, then cosine decay to cfg.min_lr at cfg.steps.
 
@@ -323,13 +333,7 @@ class Trainer:
             raise ValueError(f"checkpoint {directory} has model config {loaded.config}, this run uses "
                              f"{self.model.config}; resume with the same preset and overrides")
         meta = load_train_state(directory, self.optimizer)
-        saved = meta.get("data")                      # checked by read_manifest
-        if saved is not None and saved["tokens_sha256"] != self.data["tokens_sha256"]:
-            def show(d):
-                return f"root {d.get('root') or 'default'}, mix {d.get('mix', '?')}, tokens {d.get('tokens')}"
-            raise ValueError(f"checkpoint {directory} was trained on other data ({show(saved)}) than this run's "
-                             f"({show(self.data)}); resume on the same corpus files, mix and tokenizer, or start a "
-                             f"new run")
+        check_same_data(directory, meta.get("data"), self.data)
         self.model.load_state_dict(loaded.state_dict())
         self.step, self.elapsed = meta["step"], float(meta.get("elapsed", 0.0))
         self.saved_step = self.step

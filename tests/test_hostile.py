@@ -390,6 +390,18 @@ def test_distill_without_warmup_runs(distill_args, tmp_path, monkeypatch, capsys
     assert (tmp_path / "d" / "model.safetensors").is_file()
 
 
+def test_distill_writes_only_float_weights(run, tmp_path, capsys, monkeypatch):
+    _, _, model = run
+    source = tmp_path / "model"
+    shutil.copytree(model, source)
+    meta = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**meta, "weights_dtype": "int8"}))
+    monkeypatch.setattr(mtp_lab.data, "build_corpus", lambda *a, **k: pytest.fail("the corpus was loaded"))
+    err = one_line_error(capsys, ["distill", "--checkpoint", str(source), "--out", str(tmp_path / "d")])
+    assert "weights_dtype 'int8' is not float32, bfloat16 or float16" in err, err
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_nonfinite_distillation_writes_nothing(distill_args, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MTP_LAB_CACHE", str(tmp_path / "cache"))
     real = mtp_lab.distill.distill_losses
@@ -430,11 +442,20 @@ def test_model_sizes_are_bounded_before_anything_is_built():
     (["bench", "--random", "tiny", "--k", "1", "1", "1"], r"--k 1 1 1 repeats a draft length; give each once"),
     (["bench", "--random", "tiny", "--checkpoint", "{tmp}"], r"--random PRESET uses random weights, --checkpoint a "
                                                              r"saved model: give one of them"),
+    (["bench", "--random", "tiny", "--prompts", str(10 ** 12)], r"--prompts must be a positive integer and <= 65536"),
+    (["bench", "--random", "tiny", "--prompt-len", str(10 ** 9)], r"--prompt-len must be .* <= 65536"),
+    (["bench", "--random", "tiny", "--seed", "1.5"], r"argument --seed: invalid int value: '1\.5' \(see mtp-lab "
+                                                     r"bench --help\)"),
 ], ids=["info depth 40", "info depth 100000", "bench threads", "fp8 threads", "bench seed 2^64", "fp8 seed -1",
         "bench temperature nan", "train lr 1e39", "train steps 2^41", "distill-steps -1", "vocab-size 100",
-        "bench k 1 1 1", "bench random and checkpoint"])
+        "bench k 1 1 1", "bench random and checkpoint", "bench prompts 10^12", "bench prompt-len 10^9",
+        "argparse error in one line"])
 def test_out_of_range_flags_are_one_line(tmp_path, capsys, no_long_work, argv, message):
-    err = one_line_error(capsys, [a.format(tmp=tmp_path) for a in argv])
+    try:
+        err = one_line_error(capsys, [a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as e:                              # argparse
+        err = capsys.readouterr().err.strip()
+        assert e.code == 2 and "\n" not in err, err
     assert re.search(message, err), err
     assert list(tmp_path.iterdir()) == []
 
@@ -505,6 +526,17 @@ def test_a_second_run_on_a_locked_out_is_refused(run, tmp_path, capsys, no_long_
             assert re.search(rf"--out .*run is being written by another process \(pid {os.getpid()}\); wait for "
                              r"it to finish or stop it, or give another --out", err), err
     assert snapshot(out) == before
+
+
+def test_the_lock_file_is_never_followed_through_a_symlink(run, tmp_path, capsys):
+    args, folder, _ = run
+    out = tmp_path / "run"
+    shutil.copytree(folder, out)
+    (tmp_path / "victim").write_text("keep me\n")
+    os.symlink(tmp_path / "victim", out / ".lock")         # the lock is truncated when taken: never the victim
+    err = one_line_error(capsys, args + ["--out", str(out), "--resume", "--steps", "3"])
+    assert re.search(r"cannot use its lock file .*\.lock \(Too many levels of symbolic links\); remove it", err)
+    assert (tmp_path / "victim").read_text() == "keep me\n"
 
 
 def test_a_stale_lock_file_is_taken_over(run, tmp_path, capsys):

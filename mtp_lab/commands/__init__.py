@@ -15,9 +15,19 @@ from . import bench, distill, fp8_bench, info, train
 SUBCOMMANDS = (info, fp8_bench, train, distill, bench)     # in the order `mtp-lab --help` lists them
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (no usage block), like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtp-lab", description="Multi-Token Prediction lab: train, distil, "
+    from .. import __version__
+
+    parser = Parser(prog="mtp-lab", description="Multi-Token Prediction lab: train, distil, "
                                      "benchmark and inspect DeepSeek-V3-style MTP models.")
+    parser.add_argument("--version", action="version", version=f"mtp-lab {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in SUBCOMMANDS:
         command.register(subparsers)

@@ -56,8 +56,9 @@ def distill_to(args, cfg: DistillConfig, source: Path, out: Path) -> int:
     model, tok = load_pretrained(source)
     _, meta = load_config(source)
     dtype = getattr(torch, str(meta.get("weights_dtype", "float32")), None)
-    if not isinstance(dtype, torch.dtype):
-        raise CheckpointError(f"{source / CONFIG_FILE}: unknown weights_dtype {meta['weights_dtype']!r}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):     # the model is written in it
+        raise CheckpointError(f"{source / CONFIG_FILE}: weights_dtype {meta['weights_dtype']!r} is not float32, "
+                              f"bfloat16 or float16; the file is corrupt or not written by mtp_lab")
     # the undistilled modules: the source's own, or those it kept if it was distilled already
     if (source / UNDISTILLED_FILE).is_file():
         undistilled = load_pretrained(source, mtp="undistilled")[0].state_dict()

@@ -110,6 +110,7 @@ def run(args) -> int:
     from ..checkpoint import TOKENIZER_FILE, TRAINER_FILE, CheckpointError, load_config, lock, read_trainer_state
     from ..config import MAX_STEPS, check_int
     from ..data import DEFAULT_TOKENIZER, build_corpus
+    from ..train import check_same_data, corpus_identity
 
     check_int("--distill-steps", args.distill_steps, minimum=0, maximum=MAX_STEPS)
     if args.vocab_size is not None:
@@ -146,9 +147,10 @@ def run(args) -> int:
         ignored = []
     rank0 = int(os.environ.get("RANK", 0)) == 0                # the process that writes --out (torchrun: rank 0)
     with lock(out) if rank0 else contextlib.nullcontext():
-        return train(args, model_cfg, train_cfg, build_corpus(tokenizer, root=root, mix=mix,
-                                                              vocab_size=args.vocab_size or model_cfg.vocab_size),
-                     {"root": root, "mix": mix}, ignored)
+        corpus = build_corpus(tokenizer, root=root, mix=mix, vocab_size=args.vocab_size or model_cfg.vocab_size)
+        if args.resume:                                        # before the Trainer samples its evaluation batches
+            check_same_data(out, meta.get("data"), {"root": root, "mix": mix, **corpus_identity(corpus)})
+        return train(args, model_cfg, train_cfg, corpus, {"root": root, "mix": mix}, ignored)
 
 
 def interrupted_at(trainer, out: Path) -> str:
