@@ -68,6 +68,7 @@ def test_simulation_part_on_cpu(tmp_path, monkeypatch):
     acc = saved["accumulator"][0]
     for key in ("default", "fast_accum"):
         assert acc[key]["best_bits"] >= 22 and acc[key]["model_14bit_closer_than_exact"] is False
+        assert acc[key]["bits_of_same_error_size"] >= 22
         assert acc[key]["rel_to_exact"] < 1e-6
     assert acc["model_14bit_rel"] > 2 * acc["model_14bit_promoted_rel"]   # promotion helps at K = 512
 

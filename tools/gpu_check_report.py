@@ -50,19 +50,21 @@ def simulation(r: dict) -> list[str]:
     if r.get("accumulator"):
         lines += ["**(b) The accumulator**: one scaled_mm over all of K (unit tensor-wise scales, FP32 out), "
                   "against the B-bit accumulation model (slices of 32 products, truncation toward zero). "
-                  "Errors relative to the exact sum; best B = the model closest to the hardware; bias < 0 = "
-                  "the hardware shrinks |C| (truncation):", "",
+                  "Errors relative to the exact sum; best B = the model closest to the hardware element by "
+                  "element; B by size = the model whose error is as large; bias < 0 = the hardware shrinks the "
+                  "sums (truncation):", "",
                   "| K | M = N | 14-bit model (no promotion) | 14-bit, promoted every 128 | hw default | best B "
-                  "| hw to 14-bit model | bias | hw fast-accum | best B | hw to 14-bit model | bias "
-                  "| 14-bit model closer than exact (default / fast) |", "|---" * 13 + "|"]
+                  "| B by size | hw to 14-bit model | bias | hw fast-accum | best B | B by size | hw to 14-bit model "
+                  "| bias | 14-bit model closer than exact (default / fast) |", "|---" * 15 + "|"]
         for row in r["accumulator"]:
             d, f = row.get("default", {}), row.get("fast_accum", {})
             lines.append(
                 f"| {row['k']} | {row['mn']} | {_f(row['model_14bit_rel'], '.2e')} "
                 f"| {_f(row['model_14bit_promoted_rel'], '.2e')} | {_cell(d, 'rel_to_exact', '.2e')} "
-                f"| {_f(d.get('best_bits'))} | {_f(d.get('to_model_14bit'), '.2e')} "
-                f"| {_f(d.get('signed_bias'), '.1e')} "
+                f"| {_f(d.get('best_bits'))} | {_f(d.get('bits_of_same_error_size'))} "
+                f"| {_f(d.get('to_model_14bit'), '.2e')} | {_f(d.get('signed_bias'), '.1e')} "
                 f"| {_cell(f, 'rel_to_exact', '.2e')} | {_f(f.get('best_bits'))} "
+                f"| {_f(f.get('bits_of_same_error_size'))} "
                 f"| {_f(f.get('to_model_14bit'), '.2e')} | {_f(f.get('signed_bias'), '.1e')} "
                 f"| {d.get('model_14bit_closer_than_exact', '-')} / {f.get('model_14bit_closer_than_exact', '-')} |")
         lines.append("")
