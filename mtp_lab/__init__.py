@@ -23,7 +23,11 @@ from .sampling import SamplingParams, probs_from_logits
 from .train import Callback, History, ProgressBar, StepRecord, TrainConfig, Trainer, evaluate
 from .tree import TreeDrafter, measure_costs
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml; the installed metadata carries it
+    from importlib.metadata import PackageNotFoundError, version
+    __version__ = version("mtp-lab")
+except PackageNotFoundError:  # imported from a checkout that was never installed (pip install -e . fixes it)
+    __version__ = "unknown"
 
 
 def __getattr__(name):

@@ -60,8 +60,10 @@ def pick_device() -> torch.device:
 
 
 def environment_report() -> torch.device:
-    """Print Python, torch and mtp_lab versions and the device the course will use; return that device."""
+    """Print Python, torch and mtp_lab versions, the device the course will use and whether the views are live
+    widgets (viz.widgets_available, which prints why not once); return that device."""
     from . import __version__
+    from .viz.common import widgets_available
     device = pick_device()
     print(f"python  {platform.python_version()}")
     print(f"torch   {torch.__version__}")
@@ -71,4 +73,5 @@ def environment_report() -> torch.device:
     else:
         print(f"device  cpu ({torch.get_num_threads()} threads); every notebook runs on CPU, a GPU only makes "
               f"the training cells faster")
+    print(f"views   {'live widgets' if widgets_available() else 'static figures (no widget front end)'}")
     return device

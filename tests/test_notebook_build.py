@@ -97,6 +97,28 @@ def test_setup_guard_says_how_to_install_where_mtp_lab_is_missing():
 
     local = run("")
     assert local.startswith("ModuleNotFoundError: mtp_lab is not installed") and "make course" in local
-    colab = run("import sys, types; sys.modules['google.colab'] = types.ModuleType('google.colab')\n")
-    assert "On Colab:" in colab and "%pip install -q --no-deps -e /content/mtp-lab anywidget" in colab
-    assert subprocess.run([sys.executable, "-c", build.SETUP_GUARD]).returncode == 0   # installed: silent
+    colab = run(FAKE_COLAB)
+    assert "On Colab:" in colab and "make colab-zip" in colab and "Upload mtp-lab.zip" in colab
+    assert "`%pip install -q --no-deps -e /content/mtp-lab`" in colab
+    assert "`%pip install -q anywidget 'plotly>=6'`" in colab    # with dependencies: psygnal comes with anywidget
+    installed = subprocess.run([sys.executable, "-c", build.SETUP_GUARD], capture_output=True, text=True)
+    assert installed.returncode == 0 and installed.stdout == installed.stderr == ""          # installed: silent
+
+
+# a google.colab module whose output.enable_custom_widget_manager() says that it was called
+FAKE_COLAB = """import sys, types
+colab = sys.modules['google.colab'] = types.ModuleType('google.colab')
+colab.output = sys.modules['google.colab.output'] = types.ModuleType('google.colab.output')
+colab.output.enable_custom_widget_manager = lambda: print('custom widget manager on')
+"""
+
+
+def test_setup_guard_enables_colabs_widget_manager_on_colab_only():
+    import subprocess
+
+    def run(prelude: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", prelude + build.SETUP_GUARD], capture_output=True, text=True,
+                              cwd=ROOT, check=True)
+        return proc.stdout
+    assert run(FAKE_COLAB) == "custom widget manager on\n"
+    assert run("") == ""

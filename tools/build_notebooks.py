@@ -12,7 +12,8 @@ and stores it CLEAN: outputs only for nbval-check-output cells, no execution cou
 state. It also
 - puts a first line in every notebook that names its source (an edit made in JupyterLab is lost at a rebuild);
 - puts the set-up guard (SETUP_GUARD) at the top of the first code cell: a kernel without mtp_lab (a fresh Colab)
-  gets the exact steps that install it, instead of an ImportError;
+  gets the exact steps that install it, instead of an ImportError; on Colab it switches on Colab's custom widget
+  manager, without which the live views do not show;
 - gives every cell slide metadata for the presentation mode (jupyterlab-rise): a markdown cell that starts with
   a heading opens a new slide, everything else continues it (a source can set its own `slideshow`);
 - checks the prose against the output: a number the markdown quotes from an output is written `{{0.83}}` in the
@@ -53,12 +54,15 @@ SETUP_GUARD = '''\
 import importlib.util, sys  # set-up: is mtp_lab installed in this kernel? (a fresh Colab: not yet)
 if importlib.util.find_spec("mtp_lab") is None:
     raise ModuleNotFoundError("mtp_lab is not installed in this kernel. " + (
-        "On Colab: 1. on your computer, zip the mtp-lab folder (the one with pyproject.toml); 2. Files panel "
-        "(folder icon, left) > Upload mtp-lab.zip; 3. run `!unzip -q mtp-lab.zip -d /content` and "
-        "`%pip install -q --no-deps -e /content/mtp-lab anywidget` (Colab's own torch is used); "
+        "On Colab: 1. on your computer, in the mtp-lab folder, run `make colab-zip` (it writes dist/mtp-lab.zip); "
+        "2. Files panel (folder icon, left) > Upload mtp-lab.zip; 3. run `!unzip -q mtp-lab.zip -d /content`, "
+        "`%pip install -q --no-deps -e /content/mtp-lab` (keeps Colab's own torch) and "
+        "`%pip install -q anywidget 'plotly>=6'` (the live views, with their dependencies); "
         "4. Runtime > Restart session, and run this cell again."
         if "google.colab" in sys.modules else
         "In the mtp-lab folder run `make course`: it installs everything in .venv and opens the course with it."))
+if "google.colab" in sys.modules:  # Colab shows third-party widgets (the live views) only with its custom manager
+    from google.colab import output; output.enable_custom_widget_manager()
 '''
 
 

@@ -3,6 +3,8 @@ tau, per-position acceptance, tokens/s and speed-up with its spread over repeats
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -10,12 +12,24 @@ from pathlib import Path
 import torch
 
 from .. import bench
+from ..decoding import make_drafter
 from .flags import check_output, set_threads
+
+MAX_PROMPTS = 2 ** 16     # --prompts above this is a typo (each prompt is a separate generation)
+
+
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, unless it is None or False (the help says what that means)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="AR vs speculative decoding (MTP, n-gram drafters): tau, per-position "
-                                            "acceptance, tokens/s, speedup, profile")
+                                            "acceptance, tokens/s, speedup, profile", formatter_class=DefaultsShown)
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped course model)")
     p.add_argument("--random", metavar="PRESET", default=None,
                    help="use random weights of this preset and random prompts instead of a checkpoint")
@@ -23,14 +37,17 @@ def register(subparsers) -> None:
     p.add_argument("--prompt-len", type=int, default=64, help="prompt length in tokens")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per prompt")
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4], help="draft lengths to run")
-    p.add_argument("--drafters", nargs="+", default=list(bench.DRAFTERS), choices=bench.DRAFTERS)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drafters", nargs="+", default=list(bench.DRAFTERS), choices=bench.DRAFTERS, metavar="NAME",
+                   help="the drafters to compare, each against plain decoding: "
+                        + inspect.getdoc(make_drafter).split("\n\n")[1].replace("\n", " ").replace("%", "%%"))
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampling (temperature > 0) and of --random's weights and prompts")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: as fast as 2 for batch-1 AR decoding of the course model and "
+                   help="torch CPU threads (1 is as fast as 2 for batch-1 AR decoding of the course model and "
                         "less noisy, tools/ar_threads.py)")
     p.add_argument("--repeats", type=int, default=1, help="run the whole benchmark this many times and report the "
-                                                          "median run's speed-up with the range (default 1)")
+                                                          "median run's speed-up with the range")
     p.add_argument("--profile", action="store_true", help="also run torch.profiler on AR and the best config")
     p.add_argument("--verify-cost", type=int, default=0, metavar="N",
                    help="instead of the benchmark: measure the verify cost v(n) of n = 1..N tokens and the draft cost "
@@ -41,12 +58,15 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..checkpoint import PRETRAINED_DIR
-    from ..config import check_seed
+    from ..config import MAX_SEQ_LEN, MAX_STEPS, check_int, check_seed
     from ..data import atomic_write_json
     from ..sampling import check_sampling
 
     if min(args.prompts, args.prompt_len, args.new_tokens, args.threads, args.repeats, *args.k) <= 0:
         raise ValueError("--prompts, --prompt-len, --new-tokens, --threads, --repeats and every --k must be > 0")
+    for flag, value, most in (("--prompts", args.prompts, MAX_PROMPTS), ("--prompt-len", args.prompt_len, MAX_SEQ_LEN),
+                              ("--new-tokens", args.new_tokens, MAX_SEQ_LEN), ("--repeats", args.repeats, MAX_STEPS)):
+        check_int(flag, value, minimum=1, maximum=most)                  # bounds before the prompts are allocated
     if len(set(args.k)) < len(args.k):
         raise ValueError(f"--k {' '.join(map(str, args.k))} repeats a draft length; give each once")
     if args.random is not None and args.checkpoint is not None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from ..config import ModelConfig
+from ..config import PRESETS, ModelConfig
 from .flags import add_dataclass_flags, dataclass_values
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="print a preset's config and parameter counts")
-    p.add_argument("--preset", default="course", help="preset name (default: course)")
+    p.add_argument("--preset", default="course", help=f"preset name: {', '.join(PRESETS)} (default: course)")
     add_dataclass_flags(p, ModelConfig, only=("mtp_depth",), keep_defaults=False,
                         help_override={"mtp_depth": "override the preset's MTP depth D"})
     p.set_defaults(func=run)

@@ -12,6 +12,7 @@ import abc
 import html
 import math
 import os
+import sys
 import threading
 import time
 from typing import Callable
@@ -25,20 +26,40 @@ from .palette import COLORS
 MAX_REDRAWS_PER_SECOND = 20  # what a browser comfortably draws; each redraw is one batch_update message
 
 
-def widgets_available() -> bool:
-    """True when a widget front end can show FigureWidgets: a Jupyter kernel and anywidget installed.
+_STATIC_SAID: list[str] = []   # the reason live views are off in this kernel, once it has been printed
 
-    Set the environment variable MTP_LAB_STATIC=1 to force static figures (for HTML exports).
+
+def widgets_available() -> bool:
+    """True when a widget front end can show FigureWidgets: a Jupyter kernel, anywidget and ipywidgets importable,
+    plotly 6 or newer (its FigureWidget is an anywidget).
+
+    Outside a kernel (a terminal, pytest) views are static figures without a word. In a kernel where the widget
+    packages are missing or broken, views are static too, and the reason and the fix are printed once (stderr), never
+    silently. MTP_LAB_STATIC=1 forces static figures (for HTML exports).
     """
     if os.environ.get("MTP_LAB_STATIC", "0") not in ("", "0"):
         return False
     try:
-        import anywidget  # noqa: F401  (go.FigureWidget needs it)
         from IPython import get_ipython
     except ImportError:
         return False
     shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    try:
+        import anywidget  # noqa: F401  (go.FigureWidget is one)
+        import ipywidgets  # noqa: F401
+        import plotly
+        if int(plotly.__version__.split(".")[0]) < 6:
+            raise ImportError(f"plotly {plotly.__version__} is older than 6, whose FigureWidget is an anywidget")
+    except Exception as e:  # ImportError, or a half-installed package failing on import
+        if not _STATIC_SAID:
+            _STATIC_SAID.append(f"{type(e).__name__}: {e}")
+            print(f"mtp_lab.viz: live views are off in this kernel ({_STATIC_SAID[0]}); every view shows a static "
+                  f"figure. Fix: %pip install anywidget \"plotly>=6\" (with their dependencies), then restart the "
+                  f"kernel.", file=sys.stderr)
+        return False
+    return True
 
 
 class Throttle:
@@ -138,7 +159,11 @@ class Dashboard(abc.ABC):
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         if self.interactive and self.widget is not None:
-            return self.widget._repr_mimebundle_(include=include, exclude=exclude)
+            # the widget view, as ipywidgets 8 shows it; written out because ipywidgets 7 (Colab's) has no
+            # _repr_mimebundle_ (it displays from _ipython_display_, which a wrapper's mime bundle cannot call)
+            return {"application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                                 "model_id": self.widget.model_id},
+                    "text/plain": repr(self)}
         return {"text/html": self.to_html(), "text/plain": repr(self)}
 
     def __repr__(self) -> str:
