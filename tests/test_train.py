@@ -1,5 +1,6 @@
 """The Trainer: schedule, loss falls, determinism, callbacks, exact resume, evaluation metrics, the CLI."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -13,7 +14,7 @@ from mtp_lab.cli import main as cli_main
 from mtp_lab.data import save_tokenizer
 from mtp_lab.loss import mtp_lambda
 from mtp_lab.model import MTPModel
-from mtp_lab.train import Callback, History, TrainConfig, Trainer, evaluate, lr_at
+from mtp_lab.train import Callback, History, TrainConfig, Trainer, corpus_identity, evaluate, lr_at
 
 VOCAB = 320
 
@@ -102,6 +103,18 @@ def test_resume_refuses_another_config(corpus, tmp_path):
     Trainer(tiny_cfg(), train_cfg(steps=1), corpus).fit(tmp_path)
     with pytest.raises(ValueError, match="resume with the same preset"):
         Trainer(tiny_cfg(mtp_depth=1), train_cfg(steps=2), corpus).resume(tmp_path)
+
+
+def test_resume_refuses_other_data(corpus, tmp_path):
+    """The checkpoint records the token streams' sha256: a resume on other data (one token changed) is refused."""
+    Trainer(tiny_cfg(), train_cfg(steps=1), corpus, corpus_source={"root": "r", "mix": "both"}).fit(tmp_path)
+    assert json.loads((tmp_path / "trainer.json").read_text())["data"]["tokens_sha256"] == \
+        corpus_identity(corpus)["tokens_sha256"]
+    other = dataclasses.replace(corpus, splits={**corpus.splits, "train": corpus.splits["train"].copy()})
+    other.splits["train"][100] = (other.splits["train"][100] + 1) % VOCAB
+    with pytest.raises(ValueError, match=r"was trained on other data \(root r, mix both, tokens .*\) than this run's"):
+        Trainer(tiny_cfg(), train_cfg(steps=2), other).resume(tmp_path)
+    Trainer(tiny_cfg(), train_cfg(steps=2), corpus).resume(tmp_path)          # the same data: resumes
 
 
 def test_evaluate_matches_direct_computation(device):
@@ -217,7 +230,8 @@ def test_nonfinite_loss_stops_before_the_update_and_saves_nothing(corpus, tmp_pa
 
 @pytest.mark.parametrize("field, value, message", [
     ("lam", float("nan"), "lambda must be a finite"), ("lam", float("inf"), "lambda"),
-    ("lr", float("nan"), "lr must be a finite"), ("lr", float("inf"), "lr must"), ("lr", 0.0, "lr must be a finite number > 0"),
+    ("lr", float("nan"), "lr must be a finite"), ("lr", float("inf"), "lr must"),
+    ("lr", 0.0, "lr must be a finite number > 0"),
     ("min_lr", float("nan"), "min_lr"), ("weight_decay", float("inf"), "weight_decay"),
     ("grad_clip", float("nan"), "grad_clip"), ("grad_clip", -1.0, "grad_clip"), ("warmup", -1, "warmup"),
     ("betas", (0.9, 1.0), "betas"), ("seed", -1, "seed"), ("seed", 2 ** 64, "seed")])
