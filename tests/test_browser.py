@@ -22,6 +22,7 @@ named in each test. Skips when Debian's chromium (/usr/bin/chromium) is missing,
 MTP_LAB_REQUIRE_BROWSER=1 (CI), where that is a failure; likewise for jupyterlab-rise in test 3.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -80,8 +81,9 @@ VIEWS = {
 from mtp_lab.data import Corpus
 from mtp_lab.train import TrainConfig, Trainer
 
-class VocabOnly:
+class VocabOnly:   # what the Trainer asks of a tokenizer: its size, and its text for the run's corpus record
     def get_vocab_size(self): return 256
+    def to_str(self): return "byte-level stand-in"
 
 rng = np.random.default_rng(0)
 splits = {s: rng.integers(0, 256, 4000).astype(np.uint16) for s in ("train", "val", "test")}
@@ -131,7 +133,8 @@ def write_notebook(path: Path, cells: list) -> None:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """The served folder: rmsnorm.ipynb (the course notebook, or a stand-in), speculative.ipynb,
-    views.ipynb (every view) and slides.ipynb (slide metadata, for RISE)."""
+    views.ipynb (every view), presenter.ipynb (every view after viz.presenter()) and slides.ipynb (slide metadata,
+    for RISE)."""
     root = tmp_path_factory.mktemp("lab") / "root"
     root.mkdir()
     if COURSE_NOTEBOOK.exists() and "rmsnorm_dashboard(" in COURSE_NOTEBOOK.read_text():
@@ -140,16 +143,16 @@ def root(tmp_path_factory) -> Path:
         write_notebook(root / "rmsnorm.ipynb", RMSNORM_CELLS)
     write_notebook(root / "speculative.ipynb", SPECULATIVE_CELLS)
     write_notebook(root / "views.ipynb", [SETUP, *VIEWS.values()])
+    write_notebook(root / "presenter.ipynb", [SETUP + "\nviz.presenter()", *VIEWS.values()])
     write_notebook(root / "slides.ipynb", SLIDES_CELLS)
     return root
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, root):
-    """A JupyterLab server on loopback serving `root`; yields (base url, token). The app object is exposed
-    as window.jupyterapp, so that tests can list and run commands by id."""
-    require_browser()
-    tmp = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def jupyterlab(root: Path, tmp: Path, on_fail=pytest.fail):
+    """A JupyterLab server on loopback serving `root` (settings, runtime files and log under `tmp`); yields
+    (base url, token). The app object is exposed as window.jupyterapp, so that tests can list and run commands by
+    id. Also used by tools/browser_runall.py."""
     settings, runtime, workspaces = tmp / "settings", tmp / "runtime", tmp / "workspaces"
     for name, value in LAB_SETTINGS.items():
         path = settings / name
@@ -159,6 +162,8 @@ def lab(tmp_path_factory, root):
     # the JUPYTERLAB_* variables reach server extensions that read them at import (jupyterlab-rise's app)
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), MTP_LAB_STATIC="0",
                JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(workspaces))
+    env.pop("MTP_LAB_RUN_SOLUTIONS", None)     # a learner's kernel: Run All skips the %%solution cells
+    env.pop("OMP_NUM_THREADS", None)           # and chooses its threads itself (mtp_lab.course.setup_kernel)
     log_path = tmp / "lab.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
@@ -176,7 +181,7 @@ def lab(tmp_path_factory, root):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("JupyterLab did not start:\n" + log_path.read_text()[-3000:])
+                    on_fail("JupyterLab did not start:\n" + log_path.read_text()[-3000:])
                 time.sleep(0.3)
         yield url, token
     finally:
@@ -191,6 +196,14 @@ def lab(tmp_path_factory, root):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, root):
+    """A JupyterLab server on loopback serving `root`; yields (base url, token)."""
+    require_browser()
+    with jupyterlab(root, tmp_path_factory.mktemp("server")) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -259,8 +272,9 @@ def assert_palette_colours(page, expected: dict[str, str]) -> None:
     assert not wrong, f"traces not in their palette colour (drawn, expected): {wrong}"
 
 
-def run_all(page, url: str, token: str, path: Path) -> None:
-    """Open a notebook, wait for its kernel, Run All Cells, wait until every visible code cell has run."""
+def run_all(page, url: str, token: str, path: Path) -> float:
+    """Open a notebook, wait for its kernel, Run All Cells, wait until every visible code cell has run; return the
+    seconds from the Run All click to the last prompt number (kernel start-up not included)."""
     from playwright.sync_api import expect
 
     cells = nbformat.read(path, as_version=4).cells
@@ -270,10 +284,12 @@ def run_all(page, url: str, token: str, path: Path) -> None:
     page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputArea")
     expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle")
     page.get_by_role("menuitem", name="Run", exact=True).click()
+    start = time.perf_counter()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     prompts = page.locator(".jp-CodeCell .jp-InputPrompt:not(.jp-Placeholder-prompt)")
     for i in range(n_code):
         expect(prompts.nth(i)).to_have_text(re.compile(r"\[\d+\]:"))
+    return time.perf_counter() - start
 
 
 def test_dashboards_render_and_respond_in_jupyterlab(context, lab, root):
@@ -320,7 +336,8 @@ def test_dashboards_render_and_respond_in_jupyterlab(context, lab, root):
 
 
 # Every figure and widget box of every code cell's outputs, with the box it must fit in: the output area
-# (`.jp-OutputArea-output` scrolls what is wider than the cell), clipped to the cell and the notebook panel.
+# (`.jp-OutputArea-output` scrolls what is wider than the cell), clipped to the cell and the notebook panel; for a
+# figure also the width plotly drew (its svg: the div around it is as wide as the cell whatever plotly draws).
 MEASURE = """() => {
     const boxes = [];
     const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
@@ -336,15 +353,15 @@ MEASURE = """() => {
                     if (r.width === 0 && r.height === 0) return;   // not displayed (a hidden tab)
                     // a figure's div may be narrower than the fixed-size svg drawn in it, and a box may
                     // clip children wider than itself: the widest of the element, its svg, its content
-                    let l = r.left, rr = r.right;
+                    let l = r.left, rr = r.right, drawn = null;
                     const svg = el.classList.contains('js-plotly-plot') ? el.querySelector('.main-svg') : null;
                     if (svg) {
                         const s = svg.getBoundingClientRect();
-                        l = Math.min(l, s.left); rr = Math.max(rr, s.right);
+                        l = Math.min(l, s.left); rr = Math.max(rr, s.right); drawn = s.width;
                     }
                     rr = Math.max(rr, r.left + el.scrollWidth);
                     boxes.push({cell: index, kind: svg ? 'figure' : 'widget box', left: l, right: rr, width: rr - l,
-                                area_left: left, area_right: right, area_width: right - left});
+                                drawn, area_left: left, area_right: right, area_width: right - left});
                 });
             });
         });
@@ -369,6 +386,16 @@ def too_wide(boxes: list[dict], names: list[str]) -> list[str]:
             f"output area of {b['area_width']:.0f} px (x {b['area_left']:.0f}-{b['area_right']:.0f})"
             for b in boxes
             if b["right"] > b["area_right"] + SLACK_PX or b["left"] < b["area_left"] - SLACK_PX]
+
+
+FILL_SLACK_PX = 24                    # a figure that fills its cell: at most this much narrower than the output area
+
+
+def not_filling(boxes: list[dict]) -> list[str]:
+    """Figures narrower than their cell's output area (plotly's default 700 px in a wide cell, a view that did not
+    follow a resize): on a projector they waste the screen."""
+    return [f"cell {b['cell']}: figure drawn {b['drawn']:.0f} px wide in an output area of {b['area_width']:.0f} px"
+            for b in boxes if b["kind"] == "figure" and b["drawn"] < b["area_width"] - FILL_SLACK_PX]
 
 
 def test_every_view_fits_its_cell_at_1280_and_1920(context, lab, root):
@@ -405,8 +432,67 @@ def test_every_view_fits_its_cell_at_1280_and_1920(context, lab, root):
         boxes = page.evaluate(MEASURE)
         assert {b["cell"] for b in boxes if b["kind"] == "figure"} == set(range(1, len(names))), boxes
         problems += [f"{width}x{height} {p}" for p in too_wide(boxes, names)]
-    assert not problems, (f"{len(problems)} figure(s)/widget box(es) wider than their cell "
+        if width >= 1920:   # a projector: every figure fills its cell, none stays at plotly's default 700 px
+            problems += [f"{width}x{height} {p}" for p in not_filling(boxes)]
+    assert not problems, (f"{len(problems)} figure(s)/widget box(es) wider than their cell, or figures narrower "
                           f"(screenshots in {ARTIFACTS / 'browser'}):\n" + "\n".join(problems))
+
+
+# The computed font size of every control of every view's output: labels (descriptions), slider readouts, buttons,
+# dropdowns, text boxes, and the code (token) cells of HTML tables.
+CONTROL_FONTS = """() => {
+    const out = [];
+    const sel = '.widget-label, .widget-readout, .jupyter-button, select, input[type=text], textarea, td code';
+    document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-CodeCell')
+        .forEach((cell, index) => cell.querySelectorAll('.jp-OutputArea-output').forEach(area =>
+            area.querySelectorAll(sel).forEach(el => {
+                const r = el.getBoundingClientRect();
+                if (r.width === 0 && r.height === 0) return;
+                const what = el.matches('td code') ? 'table token' : el.matches('.widget-label') ? 'label'
+                    : el.matches('.widget-readout') ? 'readout' : el.matches('.jupyter-button') ? 'button'
+                    : el.tagName.toLowerCase();
+                out.push({cell: index, what, text: (el.innerText || el.value || '').slice(0, 30),
+                          size: parseFloat(getComputedStyle(el).fontSize)});
+            })));
+    return out;
+}"""
+
+
+def small_controls(controls: list[dict], names: list[str], want_px: float) -> list[str]:
+    """Controls whose text is smaller than `want_px` (the presenter font size)."""
+    return [f"{names[c['cell']]}: {c['what']} {c['text']!r} at {c['size']:.1f} px" for c in controls
+            if c["size"] < want_px - 0.5]
+
+
+def test_presenter_mode_scales_controls_and_views_fill_1920(context, lab, root):
+    """After viz.presenter(), at 1920x1080: every view's controls (labels, readouts, buttons, dropdowns, text boxes,
+    the draft table's tokens) are at the presenter font size, like the plots' text, and every figure fills its
+    cell without overflowing it."""
+    from mtp_lab.viz import theme
+
+    url, token = lab
+    names = ["setup", *VIEWS]
+    page = context.new_page()
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    run_all(page, url, token, root / "presenter.ipynb")
+    assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
+    for _ in range(2):                                          # the prefill, then a step with drafts: the table
+        page.get_by_role("button", name="step").first.click()
+    page.locator("td code").first.wait_for()
+    settle(page)
+    controls = page.evaluate(CONTROL_FONTS)
+    kinds = {c["what"] for c in controls}
+    assert {"label", "readout", "button", "select", "table token"} <= kinds, kinds
+    boxes = page.evaluate(MEASURE)
+    problems = small_controls(controls, names, theme.FONT * theme.PRESENTER_SCALE)
+    problems += too_wide(boxes, names) + not_filling(boxes)
+    (ARTIFACTS / "browser").mkdir(parents=True, exist_ok=True)
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    for i, name in enumerate(names[1:], start=1):
+        cells.nth(i).evaluate("cell => cell.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(150)
+        page.screenshot(path=str(ARTIFACTS / "browser" / f"{name}_presenter_1920x1080.png"))
+    assert not problems, f"{len(problems)} control(s) or figure(s) not at presenter size:\n" + "\n".join(problems)
 
 
 class WidgetNotRenderedInRise(AssertionError):

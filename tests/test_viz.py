@@ -195,6 +195,21 @@ def test_architecture_parameter_counts_match_model():
         assert all(a in keys and b in keys for a, b in edges)
 
 
+def test_architecture_collapses_identical_blocks():
+    """The 24-block course model: first block, one box for blocks 1-22, last block; the main column is then no
+    taller than an MTP module's, so sliders, main model and MTP modules share one screen."""
+    cfg = get_preset("course")
+    nodes, edges = architecture_graph(cfg, seq_len=16)
+    main = [n for n in nodes if n.key.startswith("main.block")]
+    assert [n.label.split()[0] for n in main] == ["Block", "Blocks", "Block"] and "×22" in main[1].label
+    assert main[1].params == 22 * main[0].params
+    assert max(n.y for n in nodes) == max(n.y for n in nodes if n.key.startswith("mtp"))
+    assert ("main.block.0", "main.blocks") in edges and ("main.blocks", f"main.block.{cfg.n_layers - 1}") in edges
+    full, _ = architecture_graph(cfg, seq_len=16, collapse=False)
+    assert sum(n.key.startswith("main.block") for n in full) == cfg.n_layers
+    assert architecture_view(cfg, interactive=False).fig.layout.height <= 700
+
+
 def test_architecture_shapes_and_wiring():
     cfg = get_preset("tiny", mtp_input_norm=False)
     nodes, edges = architecture_graph(cfg, batch=3, seq_len=9)
@@ -371,7 +386,10 @@ def test_race_greedy_is_lossless_and_timed(model, tok):
 
 # ---------------------------------------------------------------- training monitor
 
-class VocabOnly:
+class VocabOnly:   # what the Trainer asks of a tokenizer: its size, and its text for the run's corpus record
+    def to_str(self):
+        return "byte-level stand-in"
+
     def get_vocab_size(self):
         return 256
 
@@ -479,3 +497,44 @@ def test_presenter_refuses_nonsense(presenter_off):
     for bad in (0, 10, "big", float("nan")):
         with pytest.raises(ValueError, match="presenter scale must be a number in"):
             presenter_off(bad)
+
+
+def test_presenter_scales_the_controls_too(model, tok, presenter_off):
+    """A view built after presenter() shows with a style that sets ipywidgets' size variables (labels, readouts,
+    buttons, dropdowns, text boxes, slider handles) and table code to the presenter font; at scale 1 nothing is
+    added. (tests/test_browser.py measures the computed sizes in Chromium.)"""
+    from mtp_lab.viz import theme
+
+    presenter_off(False)
+    plain = rmsnorm_dashboard(model, tok, prompt="abc", interactive=True)
+    n = len(plain.widget.children)
+    plain._repr_mimebundle_()
+    assert len(plain.widget.children) == n + 1 and not plain.widget._dom_classes     # + the FitWatcher only
+    presenter_off()
+    big = rmsnorm_dashboard(model, tok, prompt="abc", interactive=True)
+    presenter_off(False)                                   # the scale of the build is kept
+    big._repr_mimebundle_()
+    big._repr_mimebundle_()                                # styled once, not once per display
+    assert big.widget._dom_classes == ("mtp-lab-scale-150",)
+    style = big.widget.children[0].value
+    assert len(big.widget.children) == n + 2 and style == theme.widget_css(1.5)     # + style and FitWatcher
+    for rule in ("--jp-widgets-font-size: 19.5px", ".mtp-lab-scale-150 button", ".mtp-lab-scale-150 select",
+                 ".mtp-lab-scale-150 code", "--jp-widgets-slider-handle-size: 24px"):
+        assert rule in style, rule
+
+
+def test_views_refit_their_figures_when_the_page_reports_a_width(model, tok):
+    """plotly draws a FigureWidget at its default 700 px when the view is rendered before it is on the page; the
+    FitWatcher (last child of the box) reports the box's width from the browser and the view relayouts every
+    figure, so plotly autosizes to the cell (tests/test_browser.py checks the drawn width in Chromium)."""
+    from mtp_lab.viz.common import FIT_WATCHER_JS
+
+    d = rmsnorm_dashboard(model, tok, prompt="abc", interactive=True)
+    d._repr_mimebundle_()
+    watcher = d.widget.children[-1]
+    assert type(watcher).__name__ == "FitWatcher" and watcher._esm == FIT_WATCHER_JS
+    assert "ResizeObserver" in FIT_WATCHER_JS and watcher.layout.height == "0px"
+    sent = []
+    d.figures[0]._send_relayout_msg = lambda layout, source_view_id=None: sent.append(layout)
+    watcher._handle_custom_msg({"width": 1488}, [])          # what the browser sends
+    assert d.figures[0].layout.meta == {"cell_width": 1488} and sent == [{"meta": {"cell_width": 1488}}]

@@ -53,9 +53,10 @@ def block_params(cfg: ModelConfig) -> int:
     return 4 * d * d + 3 * d * cfg.d_ff + 2 * d
 
 
-def architecture_graph(cfg: ModelConfig, batch: int = 1, seq_len: int | None = None
+def architecture_graph(cfg: ModelConfig, batch: int = 1, seq_len: int | None = None, collapse: bool = True
                        ) -> tuple[list[Node], list[tuple[str, str]]]:
-    """Boxes (bottom to top, main model at x = 0, MTP module k at x = 2.4 k) and arrows (from, to)."""
+    """Boxes (bottom to top, main model at x = 0, MTP module k at x = 2.4 k) and arrows (from, to). With
+    `collapse`, a main model of more than 4 blocks shows its first and last block and one box for those between."""
     T = cfg.max_seq_len if seq_len is None else seq_len
     if not 1 <= T <= cfg.max_seq_len:
         raise ValueError(f"seq_len must lie in 1..{cfg.max_seq_len} (max_seq_len), got {T}")
@@ -77,12 +78,19 @@ def architecture_graph(cfg: ModelConfig, batch: int = 1, seq_len: int | None = N
              Node("embed", "embedding", 0, 1, shp(B, T, d),
                   f"{sym('x', sub='i')} = {W_E}[{sym('t', sub='i')}],  {W_E}: {shp(V, d)}", V * d, "shared")]
     edges = [("tokens", "embed")]
-    for i in range(L):
-        nodes.append(Node(f"main.block.{i}", f"Block {i}", 0, 2 + i, shp(B, T, d), block_eq + fp8_main,
-                          block_params(cfg), "main"))
+    # identical blocks between the first and the last are one box, so a deep model fits one screen beside its MTP
+    # modules: (index, label, how many blocks the box stands for)
+    rows = ([(0, "Block 0", 1), (1, f"Blocks 1-{L - 2} (×{L - 2})", L - 2), (L - 1, f"Block {L - 1}", 1)]
+            if collapse and L > 4 else [(i, f"Block {i}", 1) for i in range(L)])
+    for y, (i, label, n_blocks) in enumerate(rows, start=2):
+        eq = block_eq + fp8_main if n_blocks == 1 else (
+            f"{n_blocks} blocks, each like Block 0 with its own weights:<br>" + block_eq + fp8_main)
+        nodes.append(Node(f"main.block.{i}" if n_blocks == 1 else "main.blocks", label, 0, y, shp(B, T, d), eq,
+                          n_blocks * block_params(cfg), "main"))
         edges.append((nodes[-2].key, nodes[-1].key))
-    nodes.append(Node("main.norm", "final RMSNorm", 0, L + 2, shp(B, T, d), norm_eq, d, "norm"))
-    nodes.append(Node("head", "output head", 0, L + 3, shp(B, T, V),
+    top_block = 1 + len(rows)
+    nodes.append(Node("main.norm", "final RMSNorm", 0, top_block + 1, shp(B, T, d), norm_eq, d, "norm"))
+    nodes.append(Node("head", "output head", 0, top_block + 2, shp(B, T, V),
                       f"logits = {W_O} h,  {W_O}: {shp(V, d)};  logits[:, i] predicts {sym('t', sub='i+1')}", V * d,
                       "shared"))
     edges += [(nodes[-3].key, "main.norm"), ("main.norm", "head")]

@@ -123,6 +123,7 @@ class Dashboard(abc.ABC):
         self.interactive = widgets_available() if interactive is None else bool(interactive)
         self.figures: list[go.Figure] = []
         self.widget = None  # the ipywidgets container, set by interactive subclasses
+        self.scale = theme.scale()   # presenter() scale at build time: figures and controls keep it
         self.redraw = Throttle(self.draw, max_redraws_per_second)
 
     def new_figure(self, fig: go.Figure | None = None) -> go.Figure:
@@ -157,8 +158,39 @@ class Dashboard(abc.ABC):
                  for i, f in enumerate(self.figures)]
         return "\n".join(parts)
 
+    def fit_figures(self, width: float | None = None) -> None:
+        """Make plotly redo its autosize now: a relayout of a harmless property (layout.meta, the cell width seen).
+
+        plotly sizes a FigureWidget when it is first drawn; a view drawn before JupyterLab attached it to the page
+        gets plotly's default 700 px and keeps it until its next update. FitWatcher calls this once the view is
+        on the page and whenever its width changes (window resized, file browser hidden)."""
+        for fig in self.figures:
+            fig.layout.meta = {"cell_width": width}
+
+    def _prepare_widget(self) -> None:
+        """Once, before the first display: the presenter style (scale_controls) and the FitWatcher."""
+        if getattr(self, "_prepared", False):
+            return
+        self._prepared = True
+        self.scale_controls()
+        watcher = fit_watcher(self.fit_figures)
+        if watcher is not None:
+            self.widget.children = (*self.widget.children, watcher)
+
+    def scale_controls(self) -> None:
+        """At a presenter scale, give the widget box theme.widget_css's class and style (once): its labels, readouts,
+        buttons, dropdowns, text boxes and table code grow with the figures' text."""
+        import ipywidgets as w
+
+        cls = theme.widget_class(self.scale)
+        if self.scale == 1 or cls in self.widget._dom_classes:
+            return
+        self.widget.add_class(cls)
+        self.widget.children = (w.HTML(theme.widget_css(self.scale)), *self.widget.children)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
         if self.interactive and self.widget is not None:
+            self._prepare_widget()
             # the widget view, as ipywidgets 8 shows it; written out because ipywidgets 7 (Colab's) has no
             # _repr_mimebundle_ (it displays from _ipython_display_, which a wrapper's mime bundle cannot call)
             return {"application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
@@ -169,6 +201,42 @@ class Dashboard(abc.ABC):
     def __repr__(self) -> str:
         mode = "widgets" if self.interactive else "static"
         return f"<{type(self).__name__} ({mode}, {len(self.figures)} figure(s))>"
+
+
+FIT_WATCHER_JS = """
+export default {
+  render({ model, el }) {   // reports the width of the view's box: on the page at last, or resized
+    let last = 0, timer = null;
+    const observer = new ResizeObserver(entries => {
+      const width = Math.round(entries[0].contentRect.width);
+      if (width > 0 && Math.abs(width - last) > 1) {
+        last = width;
+        clearTimeout(timer);
+        timer = setTimeout(() => model.send({ width }), 100);
+      }
+    });
+    observer.observe(el);
+    return () => { clearTimeout(timer); observer.disconnect(); };
+  }
+};
+"""
+
+
+def fit_watcher(on_width: Callable[[float], None]):
+    """An invisible anywidget, the last child of a view's box, that calls on_width(px) when the box first has a
+    width on the page and when that width changes; None where anywidget is missing (static views)."""
+    try:
+        import anywidget
+    except ImportError:
+        return None
+
+    class FitWatcher(anywidget.AnyWidget):
+        _esm = FIT_WATCHER_JS
+
+    watcher = FitWatcher()
+    watcher.layout.height = "0px"
+    watcher.on_msg(lambda _widget, content, _buffers: on_width(content.get("width")))
+    return watcher
 
 
 def update_alone(fig: go.Figure, index: int, **props) -> None:

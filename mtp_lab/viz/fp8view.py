@@ -70,9 +70,27 @@ def accumulation_curves(ks: tuple[int, ...], mantissa_bits: int, promote_every: 
     return tuple(accumulation_error_vs_k(ks, m=16, n=16, mantissa_bits=mantissa_bits, promote_every=promote_every))
 
 
+WIDE = "wide synthetic layer 512x1024, 64 tokens"   # the explorer's first choice: many blocks and tiles
+
+
 def linear_layers(model) -> list[str]:
     """Names of the linears the FP8 recipe can quantize (every nn.Linear but the output head)."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "head"]
+
+
+def wide_layer(out_features: int = 512, in_features: int = 1024, tokens: int = 64,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic linear wider than the course model's (width 128 = ONE 128x128 block, ONE 1x128 tile per token):
+    weight (out, in) and input activations (tokens, in) that span 4x8 weight blocks and 8 tiles per token, so the
+    granularity of the scales can be seen. Like a trained layer's, the weight's rows and columns differ in scale
+    (log-normal), and the activations have a per-token magnitude and three outlier channels (x 30)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_features, in_features, generator=g) * 0.02
+    w *= torch.exp(0.5 * torch.randn(out_features, 1, generator=g)) * torch.exp(0.5 * torch.randn(1, in_features,
+                                                                                                  generator=g))
+    x = torch.randn(tokens, in_features, generator=g) * torch.exp(0.7 * torch.randn(tokens, 1, generator=g))
+    x[:, [37, 300, 301]] *= 30.0
+    return w, x
 
 
 @torch.no_grad()
@@ -80,6 +98,9 @@ def layer_scales(model, name: str, tokens: torch.Tensor) -> dict:
     """E4M3 scales of layer `name` as DeepSeek-V3 quantizes it: the weight per 128x128 block
     (ceil(N/128), ceil(K/128)) and its input activation per 1x128 tile (T', ceil(K/128)), from a
     forward pass on `tokens`; plus quant_stats of both."""
+    if name == WIDE:
+        w, x = wide_layer()
+        return _scales(w, x)
     layer = dict(model.named_modules()).get(name)
     if not isinstance(layer, nn.Linear):
         raise ValueError(f"{name!r} is not a linear layer of this model; choose one of linear_layers(model)")
@@ -94,6 +115,10 @@ def layer_scales(model, name: str, tokens: torch.Tensor) -> dict:
         model.train(was_training)
     w = layer.weight.detach().float()
     x = seen[-1] if seen else torch.zeros(0, w.shape[1])  # an MTP depth beyond the prompt sees no position
+    return _scales(w, x)
+
+
+def _scales(w: torch.Tensor, x: torch.Tensor) -> dict:
     qw, sw = quantize(w, "e4m3", "block")
     result = {"weight_scale": sw.cpu().numpy(), "weight": quant_stats(w, qw, sw, "block"), "tokens": x.shape[0]}
     if x.shape[0]:
@@ -116,15 +141,17 @@ class FP8Explorer(Dashboard):
         import ipywidgets as w
 
         self.model, self.tokenizer, self.ks = model, tokenizer, tuple(ks)
-        names = linear_layers(model)
+        names = [WIDE, *linear_layers(model)]
         cs = dict(continuous_update=False, style={"description_width": "initial"})
         self.value = w.FloatLogSlider(value=3.3, base=10, min=-4, max=5, step=0.01, description="value x",
                                       readout_format=".3g", **cs)
         self.outlier = w.FloatLogSlider(value=DEFAULT_OUTLIER, base=10, min=0, max=6, step=0.05,
                                         description="outlier ×", readout_format=".3g", **cs)
-        self.layer = w.Dropdown(options=names, value=names[0], description="layer")
+        self.layer = w.Dropdown(options=names, value=names[0], description="layer", layout=w.Layout(width="48%"))
         self.prompt = w.Text(value=prompt, description="prompt", **cs)
         self.bits = w.IntSlider(value=14, min=8, max=23, description="accumulator bits", **cs)
+        for slider in (self.value, self.outlier, self.bits):   # two per row: none squashed on a laptop
+            slider.layout = w.Layout(width="48%", min_width="260px")
         self.promote = w.Dropdown(options=[32, 64, 128, 256, 512], value=128, description="promote every N_C")
         self.status = html_widget()
         self.fig = self.new_figure(self._layout())
@@ -133,8 +160,11 @@ class FP8Explorer(Dashboard):
                                  (self.bits, self.set_accumulation), (self.promote, self.set_accumulation)):
             control.observe(lambda ch, c=compute: self.handle(c), names="value")
         if self.interactive:
-            self.widget = w.VBox([w.HBox([self.value, self.outlier, self.bits, self.promote]),
-                                  w.HBox([self.layer, self.prompt]), self.status, self.fig])
+            rows = [w.HBox([self.value, self.outlier]), w.HBox([self.bits, self.promote]),
+                    w.HBox([self.layer, self.prompt])]
+            for row in rows:
+                row.layout = w.Layout(flex_flow="row wrap")
+            self.widget = w.VBox([*rows, self.status, self.fig])
         self.numbers = {f: format_values(f) for f in FORMATS}
         self.set_value()
         self.set_outlier()

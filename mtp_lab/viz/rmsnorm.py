@@ -250,7 +250,8 @@ class RMSNormDashboard(Dashboard):
                                            y0=0, y1=1, fillcolor=tint("highlight", 0.5), line_width=0, layer="below")]
             self.fig.layout.annotations[2].text = f"{self.TITLES[2]}: {cap.label}"
         n = cap.x.shape[0]
-        rms = (f"mean RMS in {self.summary['rms_in'][idx]:.3g}, out {self.summary['rms_out'][idx]:.3g}" if n else
+        rms = (f"mean RMS in {self.summary['rms_in'][idx]:.3g}, out {self.summary['rms_out'][idx]:.3g} (out is after "
+               f"the gain g: before it, 1 for inputs well above the knee)" if n else
                "no statistics: the prompt is too short for this MTP depth (module k sees T-k positions)")
         self.status.value = (f"{plural(self.tokens.shape[1], 'token')} · <b>{cap.label}</b>: "
                              f"{plural(n, 'vector')} · eps = {eps:.1e}, knee at r = sqrt(eps) = {np.sqrt(eps):.1e} · "

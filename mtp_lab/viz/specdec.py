@@ -298,13 +298,14 @@ def rows_html(rows: list[dict], top: dict | None = None) -> str:
     if not rows:
         return ""
     head = "<tr><th>j</th><th>draft</th><th>q(d)</th><th>p(d)</th><th>p/q</th><th>u</th><th></th></tr>"
-    body = "".join(f"<tr><td>{r['j']}</td><td><code>{escape(r['token'])}</code></td><td>{r['q']:.3f}</td>"
+    code = "<code style='font-size:inherit'>"    # JupyterLab's code font size would not follow presenter()
+    body = "".join(f"<tr><td>{r['j']}</td><td>{code}{escape(r['token'])}</code></td><td>{r['q']:.3f}</td>"
                    f"<td>{r['p']:.3f}</td><td>{r['ratio']:.3f}</td><td>{r['u']:.3f}</td><td>{r['verdict']}</td></tr>"
                    for r in rows)
     rule = ("greedy: p and q are one-hot, so d_j is kept iff it is the target's most likely token "
             f"(the drafted token at j = {top['j']} ranks {top['rank']} under the target)" if top else
             "accept d_j iff u_j &lt; p/q")
-    return f"<table style='{theme.css_font(12)}'>{head}{body}</table><small>{rule}</small>"
+    return f"<table style='{theme.css_font()}'>{head}{body}</table><small>{rule}</small>"
 
 
 def speculative_dashboard(model, tokenizer, prompt: str = "def main():\n", max_new_tokens: int = 64,

@@ -109,11 +109,17 @@ class SpeedupLab(Dashboard):
                                      marker=theme.marker("muted", 12, symbol=p["symbol"])))
         fig.add_hline(y=1.0, line_dash="dot", annotation_text="as fast as plain decoding",
                       annotation_position="bottom right")
-        fig.update_layout(height=theme.height(460), title="speed-up against acceptance (k, c, v from the sliders)",
+        # one legend entry per row under the x axis title (theme.panel_legend): at any width it never covers it
+        rows = 1 + len(self.points) + len(PRODUCTION)
+        below = theme.AXIS_BELOW + theme.LEGEND_ROW * rows + 8
+        fig.update_layout(height=theme.height(340) + theme.px(below), showlegend=True,
+                          title="speed-up against acceptance (k, c, v from the sliders)",
                           xaxis=dict(title="acceptance alpha (measured points: effective alpha from tau)",
-                                     range=[0, 1.02]),
-                          yaxis=dict(title="wall-clock speed-up over plain decoding", rangemode="tozero"),
-                          legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=theme.margin(t=50, l=60))
+                                     range=[0, 1.02], domain=[0, 1]),
+                          yaxis=dict(title="wall-clock speed-up over plain decoding", rangemode="tozero",
+                                     domain=[0, 1]),
+                          margin=dict(t=theme.px(50), l=theme.px(60), r=theme.px(20), b=theme.px(below)))
+        theme.panel_legend(fig, "legend", "xaxis", "yaxis")
         return fig
 
     def _c_figure(self) -> go.Figure:

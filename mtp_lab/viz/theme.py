@@ -78,6 +78,28 @@ def css_font(size: float = FONT) -> str:
     return f"font-size:{px(size)}px"
 
 
+def widget_class(s: float | None = None) -> str:
+    """CSS class of a view's widget box at scale `s` (default: the current scale): 'mtp-lab-scale-150' at 1.5."""
+    return f"mtp-lab-scale-{round(100 * (scale() if s is None else s))}"
+
+
+def widget_css(s: float | None = None) -> str:
+    """A <style> for the widget controls of views built at scale `s` (default: the current one), scoped to
+    widget_class(s): ipywidgets' own size variables (labels, readouts, buttons, dropdowns, text boxes, slider
+    handles, row heights) and the inline code of tables, so that presenter() enlarges the controls with the plots."""
+    s = scale() if s is None else s
+    font, row = round(FONT * s, 1), round(28 * (1 + 0.6 * (s - 1)))
+    sizes = {"font-size": f"{font}px", "inline-height": f"{row}px", "inline-label-width": f"{round(80 * s)}px",
+             "inline-width": f"{round(300 * s)}px", "inline-width-short": f"{round(150 * s)}px",
+             "inline-width-tiny": f"{round(60 * s)}px", "slider-handle-size": f"{round(16 * s)}px",
+             "slider-track-thickness": f"{round(4 * s)}px", "menu-item-height": f"{round(24 * s)}px"}
+    variables = "; ".join(f"--jp-widgets-{k}: {v}" for k, v in sizes.items())
+    c = widget_class(s)
+    return (f"<style>.{c} {{{variables}; --jp-ui-font-size1: {font}px; --jp-code-font-size: {font}px}} "
+            f".{c} .widget-label, .{c} .widget-readout, .{c} .widget-label-basic, .{c} button, .{c} select, "
+            f".{c} input, .{c} textarea, .{c} option, .{c} code {{font-size: {font}px}}</style>")
+
+
 @lru_cache(maxsize=8)
 def _template(s: float) -> go.layout.Template:
     t = go.layout.Template(pio.templates["plotly_white"])
