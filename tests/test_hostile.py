@@ -168,6 +168,7 @@ def interrupted_and_resumed(args, out, monkeypatch, at: int, resume_args: list[s
     return cli_main(["train", "--out", str(out), "--resume", "--threads", "1"] + resume_args)
 
 
+@pytest.mark.slow            # 2.5 s: three short runs
 def test_the_printed_resume_command_continues_on_the_recorded_corpus(run, tmp_path, capsys, monkeypatch,
                                                                      sample_root):
     args, _, _ = run
@@ -509,8 +510,9 @@ def test_a_fifo_in_the_corpus_is_skipped_and_never_read(tmp_path):
         with pytest.raises(ValueError, match=r"fifo\.py is not a regular file; the corpus reads regular"):
             mtp_lab.data.documents(["fifo.py"], root)
     finally:
-        os.close(os.open(root / "fifo.py", os.O_RDONLY | os.O_NONBLOCK))       # release the writer
+        reader = os.open(root / "fifo.py", os.O_RDONLY | os.O_NONBLOCK)         # release the writer
         writer.join(5)
+        os.close(reader)
 
 
 # ------------------------------------------------------------ the lock on --out, interrupted first saves
