@@ -143,6 +143,18 @@ def test_no_output_replaces_a_model_an_input_or_a_special_file(run, tmp_path, ca
     assert snapshot(folder, model, tmp_path, shipped) == before
 
 
+def test_a_missing_shipped_tokenizer_is_never_trained_into_the_assets(run, tmp_path, capsys, monkeypatch,
+                                                                      no_long_work):
+    args, _, _ = run
+    shipped = tmp_path / "assets" / "tokenizer.json"
+    monkeypatch.setattr(mtp_lab.data, "DEFAULT_TOKENIZER", shipped)
+    argv = [a for a in args if a != args[args.index("--tokenizer") + 1] and a != "--tokenizer"]
+    err = one_line_error(capsys, argv + ["--out", str(tmp_path / "new")])
+    assert re.search(r"the shipped tokenizer .*tokenizer\.json is missing; reinstall mtp-lab, or pass --tokenizer",
+                     err), err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can make a device node")
 def test_a_device_node_is_never_replaced(tmp_path, capsys, no_long_work):
     node = tmp_path / "null"

@@ -43,8 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--export-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     # TrainConfig's fields; a flag left out keeps the default (or, with --resume, the saved run's value)
     add_dataclass_flags(p, TrainConfig, skip=SKIPPED, keep_defaults=False, rename={"lam": "lambda"})
-    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: assets/course_model/tokenizer.json; "
-                                                     "trained on the train split and saved if missing)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: the course model's, "
+                                                     "assets/course_model/tokenizer.json); a missing file is trained "
+                                                     "on the train split and saved there")
     p.add_argument("--vocab-size", type=int, default=None, help="vocabulary of a newly trained tokenizer "
                                                                    "(default: the preset's vocab_size)")
     p.add_argument("--root", default=None, help=ROOT_HELP)
@@ -143,6 +144,9 @@ def run(args) -> int:
         model_cfg = get_preset(args.preset or "course", **overrides)
         train_cfg = TrainConfig(**given)
         tokenizer = Path(args.tokenizer) if args.tokenizer else DEFAULT_TOKENIZER
+        if not tokenizer.is_file() and not args.tokenizer:        # never trained into the shipped assets
+            raise FileNotFoundError(f"the shipped tokenizer {tokenizer} is missing; reinstall mtp-lab, or pass "
+                                    f"--tokenizer PATH (trained on the corpus and saved there if missing)")
         root, mix = (str(Path(args.root).resolve()) if args.root else None), args.mix or "both"
         ignored = []
     rank0 = int(os.environ.get("RANK", 0)) == 0                # the process that writes --out (torchrun: rank 0)
