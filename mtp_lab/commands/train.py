@@ -65,7 +65,7 @@ def check_outputs(args) -> None:
     from ..checkpoint import TOKENIZER_FILE
 
     tokenizer = Path(args.tokenizer) if args.tokenizer and Path(args.tokenizer).is_file() else None
-    reads = {"--root": args.root, "--tokenizer": tokenizer}
+    reads = {"--root": args.root, "--tokenizer": None if args.resume else tokenizer}   # --resume ignores it
     out = check_output(args.out, "--out", "run", reads, overwrite=args.resume or args.overwrite,
                        again="continue it with --resume, replace it with --overwrite, or give another --out")
     if args.export:
