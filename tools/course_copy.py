@@ -27,15 +27,19 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 RECORD = ".course-copy.json"
 # the builder's first line (tools/build_notebooks.py, SOURCE_NOTE), dropped from the learner's copy
-BUILDER_NOTE = re.compile(r"\A<small>Built from `notebooks/src/[^`]+`.*?</small>\n\n", re.S)
+BUILDER_NOTE = re.compile(r"\A<small>Built from `notebooks/src/[^`]+`.*?</small>\s*", re.S)
 
 
 def learner_notebook(path: Path) -> str:
-    """The notebook at `path` as the learner gets it: the builder's note removed from its first cell (JSON text)."""
+    """The notebook at `path` as the learner gets it, JSON text: the builder's note removed from its first cell,
+    and that cell too when the note was all it held."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     first = nb["cells"][0]
-    text = "".join(first["source"]) if isinstance(first["source"], list) else first["source"]
-    first["source"] = BUILDER_NOTE.sub("", text, count=1)
+    text = BUILDER_NOTE.sub("", "".join(first["source"]), count=1)    # nbformat stores a list of lines or one str
+    if text.strip():
+        first["source"] = text
+    else:
+        del nb["cells"][0]
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
