@@ -57,8 +57,9 @@ colab-zip: $(STAMP)
 
 # Debian's chromium for the browser tests (root with apt-get only). Where it cannot be installed, the browser tests
 # skip with a message (or fail, with MTP_LAB_REQUIRE_BROWSER=1 as in CI); the other tests run either way.
+CHROMIUM ?= /usr/bin/chromium
 browser:
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "make browser: apt-get could not install chromium; the browser tests will be skipped"; fi
 
