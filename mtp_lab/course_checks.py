@@ -39,8 +39,8 @@ def _target_index(fn) -> str:
         for k in range(4):
             got = call(fn, i, k)
             if got == i + k:
-                raise Wrong(f"target_index({i}, {k}) = {got}: off by one. Depth k at position i already EMBEDS "
-                            f"t_{{i+k}} as its input, so predicting it would leak the label")
+                raise Wrong(f"target_index({i}, {k}) = {got}: off by one. That is the token depth {k} at position "
+                            f"{i} already EMBEDS as its input, so predicting it would leak the label")
             if got != i + k + 1:
                 raise Wrong(f"target_index({i}, {k}) = {got}, expected the index of the token depth {k} predicts "
                             f"from position {i}")
@@ -74,11 +74,12 @@ def _greedy_next(fn) -> str:
     if got.dtype.is_floating_point:
         raise Wrong("greedy_next returned floats: return token ids (argmax), not probabilities or logits")
     if torch.equal(got, logits[:, 0].argmax(-1)):
-        raise Wrong("you used the FIRST position; the next token is predicted by the last position, logits[:, -1]")
+        raise Wrong("you used the FIRST position: it has read one token only; which position has read the whole "
+                    "sequence?")
     if torch.equal(got, logits[:, -2].argmax(-1)):
-        raise Wrong("you used position -2: logits[:, -1] (the last input token) predicts the next token")
+        raise Wrong("you used the second-to-last position: it predicts the last input token, which is already known")
     if not torch.equal(got, logits[:, -1].argmax(-1)):
-        raise Wrong("wrong token ids: expected the argmax over the vocabulary at the last position")
+        raise Wrong("wrong token ids: not the most likely id at the position that predicts the next token")
     return "logits[:, -1].argmax(-1): the last position's most likely next token."
 
 
@@ -94,14 +95,15 @@ def _block_params(fn) -> str:
         if got == want - d * dff:
             raise Wrong(f"block_params({d}, {dff}) = {got}: SwiGLU has THREE matrices (w1, w3, w2), you counted two")
         if got != want:
-            raise Wrong(f"block_params({d}, {dff}) = {got}, expected {want}")
+            raise Wrong(f"block_params({d}, {dff}) = {got} is {'more' if got > want else 'fewer'} than the block "
+                        f"holds: list every weight matrix and gain of a Block and count each once")
     return "4 d^2 (attention) + 3 d d_ff (SwiGLU) + 2 d (norm gains)."
 
 
 # ---------------------------------------------------------------- 02 RMSNorm
 
-@exercise("rmsnorm", "02", "divide x by sqrt(mean(x**2 over the last dim) + eps), keepdim=True, then multiply by "
-                           "weight; do not subtract the mean.")
+@exercise("rmsnorm", "02", "one root-mean-square per token, over the channel dim, kept broadcastable; eps "
+                           "belongs with the mean, before the root; the gain comes last.")
 def _rmsnorm(fn) -> str:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 6, 32, generator=g) * 3 + 1
@@ -143,8 +145,8 @@ def _layernorm(fn) -> str:
 
 # ---------------------------------------------------------------- 03 the MTP module
 
-@exercise("mtp_inputs", "03", "depth k pairs h^{k-1}_i with t_{i+k}: keep the FIRST T-k hidden states and the "
-                              "tokens from position k on.")
+@exercise("mtp_inputs", "03", "depth k pairs the state at position i with the token k places later; which "
+                              "positions still have such a token inside the sequence?")
 def _mtp_inputs(fn) -> str:
     B, T, C, k = 2, 9, 4, 2
     h = torch.arange(B * T * C, dtype=torch.float32).view(B, T, C)
@@ -160,16 +162,16 @@ def _mtp_inputs(fn) -> str:
     if same(tok_in, tokens[:, k + 1:]) or same(tok_in[:, :T - k - 1], tokens[:, k + 1:]):
         raise Wrong("tokens shifted by k+1: module k would embed the very token it must predict (a label leak)")
     if same(tok_in, tokens[:, k - 1:]) or same(tok_in, tokens[:, k - 1:T - 1]):
-        raise Wrong("tokens shifted by k-1: depth k embeds t_{i+k}, one token further than depth k-1")
+        raise Wrong("tokens shifted by k-1: each depth embeds one token further than the depth before it")
     if same(h_in, h[:, k:]):
-        raise Wrong("h_in = h[:, k:] drops the first states: position i's state h_i must pair with t_{i+k}, "
-                    "so keep h[:, :T-k]")
+        raise Wrong("h_in drops the first states: position 0's state must pair with t_k, so the positions "
+                    "without a partner are at the END")
     expect_shape(h_in, (B, T - k, C), "h_in (only T-k positions have a token t_{i+k})")
     expect_shape(tok_in, (B, T - k), "tokens_in")
     if not torch.equal(h_in, h[:, :T - k]):
-        raise Wrong("h_in should be the first T-k hidden states, h[:, :T-k]")
+        raise Wrong("h_in holds the wrong hidden states: which T-k positions have a token k places later?")
     if not torch.equal(tok_in, tokens[:, k:]):
-        raise Wrong("tokens_in should be t_{i+k} for i = 0..T-k-1, i.e. tokens[:, k:]")
+        raise Wrong("tokens_in holds the wrong tokens: position i's partner is t_{i+k}")
     return "h[:, :T-k] pairs with tokens[:, k:], the one-token shift per depth."
 
 
@@ -206,24 +208,25 @@ def _mtp_combine(fn) -> str:
 # ---------------------------------------------------------------- 04 training
 
 @exercise("mtp_targets", "04",
-          "targets[:, i] = t_{i+1} and depth k at position i predicts t_{i+k+1} = targets[:, i+k].")
+          "which column of targets holds the token depth k predicts from position 0, and how many positions "
+          "does depth k have?")
 def _mtp_targets(fn) -> str:
     targets = torch.arange(20).view(2, 10)
     for k in (1, 2, 3):
         got = as_tensor(call(fn, targets, k), f"mtp_targets(targets, {k})")
         if torch.equal(got, targets[:, :-k]):
-            raise Wrong(f"k={k}: targets[:, :-k] are the MAIN model's targets for those positions; depth k looks "
-                        f"k tokens further: targets[:, k:]")
+            raise Wrong(f"k={k}: these are the MAIN model's targets for those positions; depth k looks k tokens "
+                        f"further ahead")
         if got.shape[1] == 11 - k and torch.equal(got, targets[:, k - 1:]):
-            raise Wrong(f"k={k}: off by one, targets[:, k-1:] has T-k+1 columns but depth k has only T-k logits")
+            raise Wrong(f"k={k}: off by one: your slice has T-k+1 columns but depth k has only T-k logits")
         expect_shape(got, (2, 10 - k), f"mtp_targets(targets, {k}) (depth k has T-k logits)")
         if not torch.equal(got, targets[:, k:]):
-            raise Wrong(f"k={k}: wrong targets, expected t_{{i+k+1}} for each position i")
+            raise Wrong(f"k={k}: wrong targets: not the tokens depth {k} predicts at each position")
     return "targets[:, k:] lines up with mtp_logits[k-1]."
 
 
-@exercise("depth_loss", "04", "sum the cross-entropy over the T-k positions (reduction='sum') against targets[:, k:], "
-                              "then divide by B*T, as equation (24) writes 1/T.")
+@exercise("depth_loss", "04", "the previous exercise gives depth k's targets; read equation (24) again: how many "
+                              "terms does its sum have, and what does it divide by?")
 def _depth_loss(fn) -> str:
     g = torch.Generator().manual_seed(3)
     B, T, V, k = 2, 8, 11, 2
@@ -239,7 +242,7 @@ def _depth_loss(fn) -> str:
     for wrong in (targets[:, :-k], targets[:, k - 1:-1]):
         bad = F.cross_entropy(logits_k.reshape(-1, V), wrong.reshape(-1), reduction="sum").item()
         if math.isclose(got, bad / (B * T), rel_tol=1e-4) or math.isclose(got, bad / (B * (T - k)), rel_tol=1e-4):
-            raise Wrong("the targets are misaligned: depth k's logits line up with targets[:, k:]")
+            raise Wrong("the targets are misaligned with depth k's logits (exercise 1 finds the right ones)")
     raise Wrong(f"got {got:.4f}, expected {nll / (B * T):.4f}")
 
 
@@ -253,8 +256,8 @@ def _tile_reference(x: torch.Tensor) -> torch.Tensor:
     return padded.view(M, n, 128).abs().amax(-1) / E4M3_MAX                     # (M, ceil(K/128))
 
 
-@exercise("tile_scales", "05", "split each row into 128-wide tiles (pad the last one), s = amax(|tile|) / 448; "
-                               "shape (M, ceil(K/128)).")
+@exercise("tile_scales", "05", "one scale per 128 consecutive values of a row (the last tile may be short): the "
+                               "scale maps the tile's largest magnitude onto E4M3's largest value.")
 def _tile_scales(fn) -> str:
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, 300, generator=g) * torch.tensor([1.0, 10.0, 100.0])[:, None]
@@ -266,7 +269,8 @@ def _tile_scales(fn) -> str:
         raise Wrong("one scale per row: each row needs one scale per 128 channels (3 tiles for K = 300)")
     expect_shape(got, want.shape, "tile_scales(x) (one scale per row and per 128 columns, the last tile padded)")
     if close(got, 1 / want, rtol=1e-3):
-        raise Wrong("you returned 448 / amax; the scale is s = amax / 448 (dequantise with x = q * s)")
+        raise Wrong("you returned the reciprocal of the scale: the scale is what multiplies the FP8 values back "
+                    "(x = q * s)")
     if close(got, want * E4M3_MAX / E5M2_MAX, rtol=1e-3):
         raise Wrong("you divided by 57344, E5M2's max; DeepSeek-V3 uses E4M3 (max 448) for every GEMM input")
     if not close(got, want, rtol=1e-3, atol=1e-8):
@@ -298,7 +302,8 @@ def _fake_quant(fn) -> str:
 
 # ---------------------------------------------------------------- 06 speculative decoding
 
-@exercise("accept_prob", "06", "accept the draft x with probability min(1, p(x) / q(x)), p = target, q = drafter.")
+@exercise("accept_prob", "06", "compare how likely the target finds x with how likely the drafter made it: when "
+                               "the drafter proposes x too often, how often should x pass? And never more than always.")
 def _accept_prob(fn) -> str:
     p = torch.tensor([0.5, 0.3, 0.2])
     q = torch.tensor([0.2, 0.6, 0.2])
@@ -307,14 +312,16 @@ def _accept_prob(fn) -> str:
         got = _number(call(fn, p, q, x), f"accept_prob(p, q, {x})")
         if not math.isclose(got, want, rel_tol=1e-5):
             if math.isclose(got, min(1.0, (q[x] / p[x]).item()), rel_tol=1e-5):
-                raise Wrong(f"x={x}: you used q/p; accept with min(1, p(x)/q(x)), target over drafter")
+                raise Wrong(f"x={x}: the ratio is upside down: a token the drafter over-proposes must pass LESS often")
             if math.isclose(got, (p[x] / q[x]).item(), rel_tol=1e-5):
-                raise Wrong(f"x={x}: {got:.3f} > 1 is not a probability: take min(1, p/q)")
-            raise Wrong(f"accept_prob(p, q, {x}) = {got:.4f}, expected {want:.4f}")
+                raise Wrong(f"x={x}: {got:.3f} > 1 is not a probability")
+            raise Wrong(f"accept_prob(p, q, {x}) = {got:.4f} is not the probability that keeps the target's "
+                        f"distribution")
     return "min(1, p/q): a token the drafter over-proposes is accepted only in proportion."
 
 
-@exercise("residual", "06", "after a rejection sample from max(0, p - q), renormalised to sum to 1.")
+@exercise("residual", "06", "after a rejection, the new token must make up for what the drafter under-proposed: "
+                            "look where the target has more mass than the drafter, and return a distribution.")
 def _residual(fn) -> str:
     p = torch.tensor([0.5, 0.3, 0.2, 0.0])
     q = torch.tensor([0.2, 0.6, 0.1, 0.1])
@@ -325,12 +332,13 @@ def _residual(fn) -> str:
     if close(got, want):
         return "norm(max(0, p - q)): the rejected mass is redistributed exactly where p exceeds q."
     if close(got, (q - p).clamp(min=0) / (q - p).clamp(min=0).sum()):
-        raise Wrong("you used max(0, q - p); the residual is where the TARGET p exceeds the drafter q")
+        raise Wrong("the difference is the wrong way round: the residual lives where the TARGET exceeds the "
+                    "drafter")
     if close(got, (p - q).clamp(min=0)):
-        raise Wrong("not normalised: divide max(0, p - q) by its sum")
+        raise Wrong("not normalised: a distribution sums to 1")
     if (got < 0).any():
-        raise Wrong("negative probabilities: clamp p - q at 0 before normalising")
-    raise Wrong(f"expected {want.tolist()}, got {[round(v, 4) for v in got.tolist()]}")
+        raise Wrong("negative probabilities: where the drafter already over-proposed, the residual is 0")
+    raise Wrong(f"got {[round(v, 4) for v in got.tolist()]}, which is not the residual distribution")
 
 
 @exercise("greedy_accepted", "06", "count matching tokens from the start and STOP at the first mismatch.")
@@ -368,8 +376,8 @@ def _expected_tokens(fn) -> str:
     return "(1 - a^(k+1)) / (1 - a) tokens per target forward."
 
 
-@exercise("spec_metrics", "07", "acceptance rate = accepted / drafted; tau = 1 + accepted / steps (the +1 is the "
-                                "target's own token each step).")
+@exercise("spec_metrics", "07", "the rate is per drafted token; tau counts the tokens one target forward yields, "
+                                "and every step yields one token the target produces itself.")
 def _spec_metrics(fn) -> str:
     accepted, drafted, steps = 170, 200, 100
     got = call(fn, accepted, drafted, steps)
@@ -377,13 +385,13 @@ def _spec_metrics(fn) -> str:
         raise Wrong("return a pair (acceptance_rate, tau)")
     rate, tau = _number(got[0], "acceptance_rate"), _number(got[1], "tau")
     if math.isclose(rate, accepted / steps):
-        raise Wrong("acceptance rate divides by the number of DRAFTED tokens, not by steps")
+        raise Wrong("the acceptance rate is per DRAFTED token, not per step")
     if not math.isclose(rate, 0.85):
-        raise Wrong(f"acceptance rate {rate}, expected accepted / drafted = {accepted / drafted}")
+        raise Wrong(f"acceptance rate {rate} is not the share of drafted tokens that were accepted")
     if math.isclose(tau, accepted / steps):
-        raise Wrong("tau forgets the token the target produces at every step: tau = 1 + accepted / steps")
+        raise Wrong("tau forgets the token the target produces itself at every step")
     if not math.isclose(tau, 2.7):
-        raise Wrong(f"tau {tau}, expected 1 + accepted / steps = {1 + accepted / steps}")
+        raise Wrong(f"tau {tau} is not the mean number of tokens a step yields")
     return "rate 0.85 with k = 2 gives tau 2.7 tokens per target forward."
 
 
@@ -435,21 +443,24 @@ def _mtp_layer_indices(fn) -> str:
         if got == list(range(L - 1, L - 1 + n)):
             raise Wrong(f"L={L}: the main model already uses 0..{L - 1}; the MTP layers start at index L = {L}")
         if got != list(range(L, L + n)):
-            raise Wrong(f"mtp_layer_indices({L}, {n}) = {got}, expected {list(range(L, L + n))}")
+            raise Wrong(f"mtp_layer_indices({L}, {n}) = {got}: not the indices that follow the {L} main layers")
     return "DeepSeek-V3 (61 layers) stores its MTP module as model.layers.61."
 
 
 LOSSLESS = {
     "rejection sampling with min(1, p/q) and the residual": True,
+    "rejection sampling, but after a rejection the token is sampled from p": False,
     "greedy verification at temperature 0": True,
+    "greedy verification, keeping a draft that is in the target's top 2": False,
     "accept the draft when p(x) > 0.3": False,
     "Medusa typical acceptance": False,
     "MTP drafter chained to depth 3 with rejection sampling": True,
+    "an n-gram drafter with rejection sampling": True,
 }
 
 
-@exercise("lossless", "08", "a scheme is lossless when its output distribution equals the target's; depth and the "
-                            "drafter's quality change speed, not correctness.")
+@exercise("lossless", "08", "a scheme is lossless when its output distribution equals the target's for ANY drafter: "
+                            "ask of each rule what it does with a token the target would rarely choose.")
 def _lossless(answers) -> str:
     if answers is None:
         call(None)
@@ -457,9 +468,12 @@ def _lossless(answers) -> str:
         raise Wrong(f"give a dict with exactly these keys: {sorted(LOSSLESS)}")
     if any(v is None for v in answers.values()):
         call(None)
+    if any(not isinstance(v, bool) for v in answers.values()):
+        raise Wrong("give True or False for every scheme")
     wrong = [key for key, value in LOSSLESS.items() if answers[key] != value]
-    if wrong:
-        raise Wrong(f"{len(wrong)} wrong: {wrong}")
+    if wrong:   # the count only: naming the keys would let a learner flip them without thinking
+        raise Wrong(f"{len(wrong)} of {len(LOSSLESS)} answers wrong; for each scheme, work out whether its "
+                    f"accepted tokens and its corrections together reproduce p exactly")
     return "exact verification keeps the target's distribution whatever the drafter; thresholds do not."
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtp_lab.course import EXERCISES, check, evaluate
+from mtp_lab.course import EXERCISES, SOLUTION_NOT_RUN, check, evaluate, solution_cell, torch_threads
 from mtp_lab.course_checks import LOSSLESS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,12 +112,12 @@ CASES = {
                      / t.numel(), "misaligned")]),
     "tile_scales": (_tiles, [(lambda x: x.abs().amax() / 448, "whole tensor"),
                              (lambda x: x.abs().amax(-1) / 448, "per row"),
-                             (lambda x: 1 / _tiles(x), "448 / amax"),
+                             (lambda x: 1 / _tiles(x), "reciprocal"),
                              (lambda x: _tiles(x) * 448 / 57344, "57344")]),
     "fake_quant": (_fake_quant, [(lambda x: x.to(torch.float8_e4m3fn).float(), "without scaling"),
                                  (lambda x: x.clone(), "nothing was quantised"), (lambda x: x.round(), "integers")]),
     "accept_prob": (lambda p, q, x: min(1.0, (p[x] / q[x]).item()),
-                    [(lambda p, q, x: min(1.0, (q[x] / p[x]).item()), "q/p"),
+                    [(lambda p, q, x: min(1.0, (q[x] / p[x]).item()), "upside down"),
                      (lambda p, q, x: (p[x] / q[x]).item(), "not a probability")]),
     "residual": (lambda p, q: (p - q).clamp(min=0) / (p - q).clamp(min=0).sum(),
                  [(lambda p, q: (q - p).clamp(min=0) / (q - p).clamp(min=0).sum(), "TARGET"),
@@ -140,7 +140,8 @@ CASES = {
     "tree_size": (_size, [(lambda *a: _size(*a, root=0), "carries the root"),
                           (lambda *a: _size(*a, bonus=0), "own token"),
                           (lambda *a: float(_size(*a)) + 0.5, "not the rate")]),
-    "lossless": (dict(LOSSLESS), [({**LOSSLESS, "Medusa typical acceptance": True}, "1 wrong"), ({"a": 1}, "keys")]),
+    "lossless": (dict(LOSSLESS), [({**LOSSLESS, "Medusa typical acceptance": True}, "1 of 8 answers wrong"),
+                                  ({"a": 1}, "keys"), ({**LOSSLESS, "Medusa typical acceptance": 0}, "True or False")]),
 }
 
 
@@ -174,6 +175,60 @@ def test_empty_stub_is_not_attempted(name):
     assert EXERCISES[name].hint in str(result)
 
 
+# code that would hand over the answer: a slice, the acceptance rule, the residual, a formula with its operands
+CODE = ["[:, ", "[:,", "min(1", "max(0", "p - q", "p/q", "p / q", "accepted / ", "1 + accepted", "/ 448",
+        "expected [", "(B * T)", "B*T", "i+k", "i + k"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hints_and_diagnoses_point_without_the_code(name):
+    """The hint shown on an untouched stub and every diagnosis of a wrong answer name the idea, never the code or
+    formula that is the answer (the success message may)."""
+    texts = [EXERCISES[name].hint] + [evaluate(name, wrong).message for wrong, _ in CASES[name][1]]
+    for key in LOSSLESS:                # the scheme names of exercise "lossless" are its question, not its answer
+        texts = [text.replace(key, "") for text in texts]
+    leaks = [(text, c) for text in texts for c in CODE if c in text]
+    assert not leaks, leaks
+
+
+def test_lossless_names_no_key():
+    """The diagnosis gives how many answers are wrong, not which: flipping named keys is not possible."""
+    for key in LOSSLESS:
+        result = evaluate("lossless", {**LOSSLESS, key: not LOSSLESS[key]})
+        assert result.status == "wrong" and "1 of" in result.message
+        assert not any(k in result.message for k in LOSSLESS), result.message
+
+
+def test_solution_cells_run_only_when_asked(monkeypatch, capsys):
+    """%%solution: Run All prints that the solution was not run; with MTP_LAB_RUN_SOLUTIONS=1 (the notebook build
+    and tests) the body runs in the notebook's namespace and its errors propagate."""
+    class Shell:
+        def __init__(self):
+            self.user_ns = {}
+
+        def ex(self, code):
+            exec(code, self.user_ns)
+
+    shell = Shell()
+    monkeypatch.delenv("MTP_LAB_RUN_SOLUTIONS", raising=False)
+    solution_cell("", "answer = 42", shell)
+    assert "answer" not in shell.user_ns and SOLUTION_NOT_RUN in capsys.readouterr().out
+    monkeypatch.setenv("MTP_LAB_RUN_SOLUTIONS", "1")
+    solution_cell("", "answer = 42", shell)
+    assert shell.user_ns["answer"] == 42
+    with pytest.raises(AssertionError):
+        solution_cell("", "assert False", shell)
+
+
+def test_threads_leave_the_browser_a_core(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [torch_threads(c)[0] for c in (1, 2, 4)] == [1, 1, 1]
+    assert 1 <= torch_threads(16)[0] <= 14
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    n, why = torch_threads(2)
+    assert n == 3 and "OMP_NUM_THREADS" in why
+
+
 def test_learner_exception_is_reported():
     result = evaluate("rmsnorm", lambda x, w, e: x.nonexistent())
     assert result.status == "wrong" and "AttributeError" in result.message
@@ -202,3 +257,33 @@ def test_notebooks_are_built_from_source_and_clean():
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "build_notebooks.py"), "--check"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _builder():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_notebooks_for_course", ROOT / "tools" / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_solution_cell_without_the_magic_is_refused(tmp_path):
+    build = _builder()
+    path = tmp_path / "97_bad.py"
+    path.write_text('# %% [markdown]\n# # 97\n\n# %%\nx = 1\n\n# %% tags=["solution"]\nprint("✅")\n')
+    with pytest.raises(build.BuildError, match="must start with `# %%solution`"):
+        build.from_source(path)
+
+
+def test_course_notebooks_hide_set_up_and_solutions():
+    """Every stored notebook: the slideshow opens on the title (the source note and the set-up cell are skipped),
+    and every solution starts with %%solution, so Run All skips it and its collapsed preview is that line."""
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        shown = [c for c in cells if c.metadata.get("slideshow", {}).get("slide_type") != "skip"]
+        assert shown[0].cell_type == "markdown" and shown[0].source.startswith("# "), path.name
+        assert not any("import importlib.util, sys  # set-up" in c.source for c in shown), path.name
+        solutions = [c for c in cells if "solution" in c.metadata.get("tags", [])]
+        assert solutions and all(c.source.splitlines()[0] == "%%solution" for c in solutions), path.name

@@ -25,6 +25,7 @@ print("tau 2.31")
 # The drafts are worth {{2.31}} tokens per forward.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 print("✅ done")
 '''
 
@@ -47,20 +48,22 @@ def executed(nb, outputs):
 def test_source_cells_metadata_note_guard_and_slides(source):
     nb = build.from_source(source)
     kinds = [c.cell_type for c in nb.cells]
-    assert kinds == ["markdown", "code", "markdown", "code"]
+    assert kinds == ["markdown", "markdown", "code", "markdown", "code"]
     assert nb.cells[0].source.startswith("<small>Built from `notebooks/src/99_test.py`: edit that file")
-    assert nb.cells[1].source.startswith(build.SETUP_GUARD) and nb.cells[1].source.endswith('print("tau 2.31")')
-    assert nb.cells[1].metadata == {"tags": ["nbval-check-output"], "slideshow": {"slide_type": "-"}}
-    assert nb.cells[2].source == "## Reading it\nThe drafts are worth 2.31 tokens per forward."
-    assert nb.cells[2].metadata == {"quotes": ["2.31"], "slideshow": {"slide_type": "slide"}}
-    assert nb.cells[3].metadata["jupyter"] == {"source_hidden": True}
-    assert nb.cells[0].metadata["slideshow"] == {"slide_type": "slide"}
+    assert nb.cells[2].source.startswith(build.SETUP_GUARD) and nb.cells[2].source.endswith('print("tau 2.31")')
+    # the note and the set-up cell are off the slides: the slideshow opens on the title
+    assert nb.cells[0].metadata["slideshow"] == nb.cells[2].metadata["slideshow"] == {"slide_type": "skip"}
+    assert nb.cells[2].metadata["tags"] == ["nbval-check-output"]
+    assert nb.cells[3].source == "## Reading it\nThe drafts are worth 2.31 tokens per forward."
+    assert nb.cells[3].metadata == {"quotes": ["2.31"], "slideshow": {"slide_type": "slide"}}
+    assert nb.cells[4].metadata["jupyter"] == {"source_hidden": True}
+    assert nb.cells[1].metadata["slideshow"] == {"slide_type": "slide"} and nb.cells[1].source.startswith("# 99")
 
 
 def test_clean_keeps_checked_outputs_only_and_finds_stale_quotes(source):
     nb = build.clean(executed(build.from_source(source), ["tau 2.31\n", "✅ done\n"]), "99")
-    assert nb.cells[1].outputs[0].text == "tau 2.31\n"
-    assert nb.cells[3].outputs == [] and nb.cells[3].execution_count is None      # the solution: no output
+    assert nb.cells[2].outputs[0].text == "tau 2.31\n"
+    assert nb.cells[4].outputs == [] and nb.cells[4].execution_count is None      # the solution: no output
     with pytest.raises(build.BuildError, match="quotes '2.31', which no nbval-check-output"):
         build.clean(executed(build.from_source(source), ["tau 2.40\n", "✅ done\n"]), "99")
 

@@ -10,17 +10,19 @@ The sources are jupytext's "percent" format; cell options are jupytext's own met
 `make notebooks` (this script) executes every notebook with nbclient (the working tree's mtp_lab, cwd notebooks/)
 and stores it CLEAN: outputs only for nbval-check-output cells, no execution counts of other cells, no widget
 state. It also
-- puts a first line in every notebook that names its source (an edit made in JupyterLab is lost at a rebuild);
+- puts a first cell in every notebook that names its source (an edit made in JupyterLab is lost at a rebuild);
 - puts the set-up guard (SETUP_GUARD) at the top of the first code cell: a kernel without mtp_lab (a fresh Colab)
   gets the exact steps that install it, instead of an ImportError; on Colab it switches on Colab's custom widget
   manager, without which the live views do not show;
 - gives every cell slide metadata for the presentation mode (jupyterlab-rise): a markdown cell that starts with
-  a heading opens a new slide, everything else continues it (a source can set its own `slideshow`);
+  a heading opens a new slide, everything else continues it (a source can set its own `slideshow`); the source
+  note and the set-up cell are skipped, so the slideshow opens on the title;
 - checks the prose against the output: a number the markdown quotes from an output is written `{{0.83}}` in the
   source; it is rendered as plain `0.83`, listed in the cell's metadata ("quotes"), and must appear in the
   stored output of a nbval-check-output cell of the notebook. nbval then compares those outputs with a fresh run
   on every `make test`, so the sentence cannot silently go stale when the model changes;
-- fails if a solution cell's check did not print a correct verdict (✅).
+- fails if a solution cell's check did not print a correct verdict (✅). Solution cells start with `%%solution`
+  (mtp_lab.course.solution_cell): a learner's Run All skips them, the build runs them (MTP_LAB_RUN_SOLUTIONS=1).
 
     python tools/build_notebooks.py            # build all, print the run time of each  (make notebooks)
     python tools/build_notebooks.py 02 03      # build the notebooks whose names start with 02, 03
@@ -45,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 SRC_DIR = NB_DIR / "src"
 CHECK, SOLUTION = "nbval-check-output", "solution"
+SOLUTION_MAGIC = "%%solution"   # mtp_lab.course.solution_cell: runs the cell only with MTP_LAB_RUN_SOLUTIONS=1
 QUOTE = re.compile(r"\{\{(.+?)\}\}")
 KEPT_CELL_METADATA = ("jupyter", "tags", "slideshow", "quotes")
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
@@ -79,7 +82,10 @@ def from_source(path: Path) -> nbformat.NotebookNode:
     if first_code is None:
         raise BuildError(f"{path}: no code cell")
     first_code.source = SETUP_GUARD + first_code.source
-    nb.cells[0].source = SOURCE_NOTE.format(name=path.stem) + "\n\n" + nb.cells[0].source
+    # the note and the set-up code stay off the slides: the slideshow opens on the title
+    first_code.metadata.setdefault("slideshow", {"slide_type": "skip"})
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(SOURCE_NOTE.format(name=path.stem),
+                                                     metadata={"slideshow": {"slide_type": "skip"}}))
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:02d}"   # stable ids: rebuilding does not churn the diff
         meta = {k: v for k, v in cell.metadata.items() if k in KEPT_CELL_METADATA}
@@ -93,10 +99,13 @@ def from_source(path: Path) -> nbformat.NotebookNode:
                 cell.source = QUOTE.sub(r"\1", cell.source)
         elif SOLUTION in tags and CHECK in tags:
             raise BuildError(f"{path} cell {i}: a solution cell stores no output; drop its {CHECK} tag")
+        elif SOLUTION in tags and not cell.source.startswith(SOLUTION_MAGIC):
+            raise BuildError(f"{path} cell {i}: a solution cell must start with `# {SOLUTION_MAGIC}` (Run All then "
+                             f"skips it, and its collapsed preview shows that line, not the answer)")
         meta.setdefault("slideshow", {"slide_type": "slide" if cell.cell_type == "markdown"
                                       and cell.source.lstrip().startswith("#") else "-"})
         cell.metadata = meta
-    nb.cells[0].metadata["slideshow"] = {"slide_type": "slide"}
+    nb.cells[1].metadata["slideshow"] = {"slide_type": "slide"}   # the title
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
     return nb
 
@@ -191,6 +200,7 @@ def build(src: Path, timeout: int, threads: int | None = None) -> float:
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if threads is not None:   # the kernel inherits it: torch reads OMP_NUM_THREADS at import
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MTP_LAB_RUN_SOLUTIONS"] = "1"   # the %%solution cells run, so that their checks are verified
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(NB_DIR)}})
     start = time.perf_counter()

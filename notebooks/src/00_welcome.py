@@ -149,9 +149,11 @@ check("mtp_share", mtp_share)
 # %% [markdown]
 # ---
 # ## Solutions
-# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def target_index(i, k):
     return i + k + 1
 
@@ -159,6 +161,7 @@ def target_index(i, k):
 check("target_index", target_index)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 mtp_share = 14 / (671 + 14)
 
 check("mtp_share", mtp_share)

@@ -185,9 +185,11 @@ check("block_params", block_params)
 # %% [markdown]
 # ---
 # ## Solutions
-# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def greedy_next(logits):
     return logits[:, -1].argmax(-1)
 
@@ -195,6 +197,7 @@ def greedy_next(logits):
 check("greedy_next", greedy_next)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def block_params(d_model, d_ff):
     attention = 4 * d_model * d_model          # wq, wk, wv, wo
     swiglu = 3 * d_model * d_ff                # w1, w3, w2

@@ -57,7 +57,8 @@ print("inline == torch.nn.RMSNorm:", torch.allclose(y_inline, y_torch, atol=1e-6
 # ## What it does to a vector
 #
 # Three properties worth seeing with numbers:
-# 1. With $g = 1$, every token comes out with RMS 1 (slightly below, because of $\epsilon$).
+# 1. With $g = 1$, every token comes out with RMS 1. ($\epsilon$ pulls it below 1 only for inputs whose RMS is near
+#    $\sqrt{\epsilon} = 10^{-3}$: invisible here, at 4 decimals, for these inputs of RMS about 3; the next table shows it.)
 # 2. **Scale invariance:** $\mathrm{RMSNorm}(c\,x) = \mathrm{RMSNorm}(x)$ for any $c > 0$. The residual stream can
 #    grow through the layers without the next block's input growing with it.
 # 3. **No shift invariance:** adding a constant to every channel changes the output (LayerNorm would remove it).
@@ -134,9 +135,11 @@ print(len(names), "RMSNorms;", "MTP module 1 has:", [n for n in names if n.start
 #
 # The dashboard runs the shipped course model on a prompt and records what enters and leaves every RMSNorm: the main
 # blocks, the final norm, and in each MTP module `enorm`, `hnorm`, the block's norms and `shared_head.norm`. Look
-# for: the RMS entering the blocks grows with depth (the residual stream accumulates) while the output RMS stays
-# near 1; `enorm` and `hnorm` receive inputs of very different scale (an embedding vs a deep hidden state), which is
-# why each gets its own norm; the learned gains differ per channel. Type a prompt, pick a norm, move `eps`.
+# for: the RMS entering the blocks grows with depth (the residual stream accumulates), while what leaves a norm has
+# RMS 1 before the gain and then whatever the learned gains $g$ make it (the status line's "out" is after the gain,
+# so it can be well above 1); `enorm` and `hnorm` receive inputs of very different scale (an embedding vs a deep
+# hidden state), which is why each gets its own norm; the learned gains differ per channel. Type a prompt, pick a
+# norm, move `eps`.
 
 # %%
 from mtp_lab import load_pretrained
@@ -188,9 +191,11 @@ check("layernorm", my_layernorm)
 # %% [markdown]
 # ---
 # ## Solutions
-# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def my_rmsnorm(x, weight, eps):
     return weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
@@ -198,6 +203,7 @@ def my_rmsnorm(x, weight, eps):
 check("rmsnorm", my_rmsnorm)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def my_layernorm(x, eps):
     mu = x.mean(-1, keepdim=True)
     var = x.var(-1, unbiased=False, keepdim=True)    # LayerNorm divides by n, not n - 1

@@ -187,7 +187,9 @@ print("depth-1 loss sends gradients to:", grads)
 # ## The architecture, interactively
 #
 # Boxes for the main model and both MTP modules with their tensor shapes; hover a box for its equation and
-# parameter count, and move the sliders to change the batch size and sequence length.
+# parameter count, and move the sliders to change the batch size and sequence length. The main model's 24 blocks
+# all have the same shape, so the view draws the first and the last and one box for the 22 between (its hover
+# gives their parameters together): the main model, the MTP modules and the sliders fit one screen.
 
 # %%
 from mtp_lab.viz import architecture_view
@@ -238,9 +240,11 @@ check("mtp_combine", mtp_combine)
 # %% [markdown]
 # ---
 # ## Solutions
-# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def mtp_inputs(h, tokens, k):
     T = tokens.shape[1]
     return h[:, :T - k], tokens[:, k:]
@@ -249,6 +253,7 @@ def mtp_inputs(h, tokens, k):
 check("mtp_inputs", mtp_inputs)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def mtp_combine(module, emb, h_prev):
     return module.eh_proj(torch.cat([module.enorm(emb), module.hnorm(h_prev)], dim=-1))
 

@@ -219,9 +219,18 @@ print("relative difference below 1%:", rel < 0.01)
 # %% [markdown]
 # ## The FP8 explorer
 #
-# On the shipped model: the E4M3 and E5M2 number lines (move a value and see where it rounds), the error of each
-# scaling granularity as an outlier grows, the 128x128 block scales and 1x128 tile scales of a real layer for your
-# prompt, and the accumulation error against $K$ with adjustable accumulator bits and promotion interval.
+# The E4M3 and E5M2 number lines (move a value and see where it rounds), the error of each scaling granularity as
+# an outlier grows, the 128x128 block scales of a weight and the 1x128 tile scales of its input, and the
+# accumulation error against $K$ with adjustable accumulator bits and promotion interval.
+#
+# **Why the heatmaps start on a synthetic layer.** The course model is 128 wide, exactly one block: every attention
+# weight is a single 128x128 block (one scale), the SwiGLU weights are 3 blocks (344 = 2.7 x 128), and every token's
+# input is one 1x128 tile, so on its layers the block heatmap is one or three squares and the tile heatmap a single
+# column. DeepSeek-V3's layers are 7168 wide (56 tiles per token). So the menu's first entry is a wider synthetic
+# layer, 512x1024 with 64 tokens: 4x8 weight blocks and 8 tiles per token, its rows and columns of different scale,
+# and three outlier input channels. Look for the two tile columns that hold those channels: their scales are far
+# larger, and only their own 128 values pay for it. Then pick a layer of the shipped model in the menu to see the
+# single block.
 
 # %%
 from mtp_lab import load_pretrained
@@ -271,9 +280,11 @@ check("fake_quant", fake_quant)
 # %% [markdown]
 # ---
 # ## Solutions
-# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 import torch.nn.functional as F
 
 
@@ -287,6 +298,7 @@ def tile_scales(x):
 check("tile_scales", tile_scales)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def fake_quant(x):
     s = tile_scales(x).repeat_interleave(128, dim=1)[:, :x.shape[1]]  # one scale per element
     return (x / s).to(torch.float8_e4m3fn).float() * s

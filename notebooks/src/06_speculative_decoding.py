@@ -136,7 +136,8 @@ for x in drafts:
     emitted.append(x if n_accepted else replacement)   # accepted: x stands; rejected: a residual sample
 emitted = torch.tensor(emitted)
 empirical = torch.bincount(emitted, minlength=p.numel()).float() / N
-noise = torch.bincount(torch.multinomial(p, N, replacement=True, generator=gen), minlength=p.numel()).float() / N
+fresh = torch.multinomial(p, N, replacement=True, generator=torch.Generator(device=p.device).manual_seed(1))
+noise = torch.bincount(fresh, minlength=p.numel()).float() / N       # its own generator: independent of the loop
 
 
 def tv(a, b):
@@ -167,9 +168,13 @@ from mtp_lab.viz import speculative_dashboard
 speculative_dashboard(model, tokenizer, prompt="def read_file(path):\n    with open(path) as f:\n")
 
 # %% [markdown]
-# And the race: plain decoding against speculative decoding on the wall clock, replayed in real time. On a CPU with
-# this small model the draft is not much cheaper than the main model, so the gap is modest (notebook 07 explains
-# why); on a GPU with a large model, drafts are nearly free.
+# And the race: plain decoding against speculative decoding on the wall clock. Press **race**: both runs are measured
+# one after the other on this machine, then replayed side by side, *slowed down* so that the room can follow (the
+# status line says by how much; the "replay" menu picks real time instead). The chart's time axis is the measured
+# time. The speed-up it prints is this machine's, at this moment: one MTP draft costs a small fraction of the
+# 24-block main model's forward, so speculative decoding usually wins clearly here, but a busy machine (other
+# programs, a second kernel, the browser itself) moves the ratio by tens of percent from press to press; press
+# again to see the spread, and notebook 07 for what the number depends on.
 
 # %%
 from mtp_lab.viz import speculative_race
@@ -229,9 +234,11 @@ check("greedy_accepted", greedy_accepted)
 # %% [markdown]
 # ---
 # ## Solutions
-# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def accept_prob(p, q, x):
     return min(1.0, (p[x] / q[x]).item())
 
@@ -239,6 +246,7 @@ def accept_prob(p, q, x):
 check("accept_prob", accept_prob)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def residual(p, q):
     r = (p - q).clamp(min=0)
     return r / r.sum()
@@ -247,6 +255,7 @@ def residual(p, q):
 check("residual", residual)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def greedy_accepted(draft, target):
     n = 0
     for d, t in zip(draft, target, strict=False):

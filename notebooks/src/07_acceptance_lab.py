@@ -14,9 +14,11 @@
 # held-out snippets; raise `N_PROMPTS` and `NEW_TOKENS` for tighter numbers).
 
 # %%
+import os
+
 import torch
 
-from mtp_lab.course import check, environment_report
+from mtp_lab.course import check, compare_rates, environment_report, rate_text
 
 device = environment_report()
 
@@ -57,6 +59,11 @@ print(repr(tokenizer.decode(code_prompts[0])))
 #
 # With $k = 1$, DeepSeek's "85-90% acceptance" means $\tau = 1.85$-$1.9$. The helper below runs several prompts and
 # pools their counters (a ratio of sums, not a mean of ratios).
+#
+# **How sure is a rate?** These runs decode a few hundred tokens, so a rate is a small sample: `rate_text` prints it
+# with its 95% interval (Wilson's, from `mtp_lab.course`) and its number of drafts, and `compare_rates` says whether
+# two rates differ by more than that. The interval treats drafts as independent; acceptances come in clusters
+# (predictable stretches), so the real noise is somewhat larger. A difference inside the intervals is not a finding.
 
 # %%
 from mtp_lab.decoding import speculative_generate
@@ -67,7 +74,10 @@ def measure(prompts, num_draft=1, new_tokens=NEW_TOKENS, **kwargs):
     accepted, drafted, steps = (sum(getattr(r, name) for r in runs) for name in ("accepted", "drafted", "steps"))
     per_position = [sum(r.accepted_per_position[j] for r in runs) / max(1, sum(r.drafted_per_position[j] for r in runs))
                     for j in range(num_draft)]
+    per_position_counts = [(sum(r.accepted_per_position[j] for r in runs), sum(r.drafted_per_position[j] for r in runs))
+                           for j in range(num_draft)]
     return {"rate": accepted / drafted, "tau": 1 + accepted / steps, "per_position": per_position,
+            "counts": (accepted, drafted), "per_position_counts": per_position_counts,
             "draft_time": sum(r.draft_time_s for r in runs), "verify_time": sum(r.verify_time_s for r in runs),
             "draft_forwards": sum(r.draft_forwards for r in runs), "main_forwards": sum(r.main_forwards for r in runs),
             "new_tokens": sum(r.new_tokens for r in runs), "wall": sum(r.wall_time_s for r in runs)}
@@ -91,6 +101,11 @@ print(" k   tau measured   tau theory   per-position rates")
 for k, m in sweep.items():
     theory = (1 - alpha ** (k + 1)) / (1 - alpha)
     print(f" {k}   {m['tau']:12.3f}   {theory:10.3f}   {[round(r, 3) for r in m['per_position']]}")
+print("first-draft (position 1) rate per k:")
+for k, m in sweep.items():
+    print(f" k = {k}: {rate_text(*m['per_position_counts'][0])}")
+print("k = 1 against k = 4 at position 1:", compare_rates(sweep[1]["per_position_counts"][0],
+                                                         sweep[4]["per_position_counts"][0]))
 
 # %% [markdown]
 # The per-position rates fall with $j$ partly by construction: a draft at position $j$ is only examined if all
@@ -105,16 +120,27 @@ for k, m in sweep.items():
 #
 # Which effect wins depends on the model and the text; compare the two columns (and the ratio of consecutive
 # per-position rates, the conditional acceptance) above.
+#
+# **Why does the first-draft rate move with $k$?** Module 1 drafts position 1 the same way whatever $k$ is, and the
+# greedy text is identical for every $k$. What changes is *where* the steps start: a step starts right after the
+# previous step's last token, so with $k = 4$ a step that accepted a long chain skips positions where $k = 1$ would
+# have started a step (and tried a first draft). Each $k$ therefore measures the first draft on a different sample
+# of positions, of different size (fewer steps for larger $k$). The lines under the table give each rate with its
+# interval, and compare $k = 1$ with $k = 4$: when the intervals overlap, the movement is sampling noise.
 
 # %%
 import plotly.graph_objects as go
 
+from mtp_lab.viz import theme
+
 ks = list(sweep)
-fig = go.Figure([go.Scatter(x=ks, y=[sweep[k]["tau"] for k in ks], name="measured tau", mode="lines+markers"),
+fig = go.Figure([go.Scatter(x=ks, y=[sweep[k]["tau"] for k in ks], name="measured tau", mode="lines+markers",
+                            line=theme.line("measured"), marker=theme.marker("measured")),
                  go.Scatter(x=ks, y=[(1 - alpha ** (k + 1)) / (1 - alpha) for k in ks], name="i.i.d. theory",
-                            mode="lines+markers", line=dict(dash="dash"))])
-fig.update_layout(xaxis_title="drafts per step k", yaxis_title="tokens per verify forward (tau)", height=350)
-fig
+                            mode="lines+markers", line=theme.line("reference", dash="dash"),
+                            marker=theme.marker("reference"))])
+fig.update_layout(xaxis_title="drafts per step k", yaxis_title="tokens per verify forward (tau)")
+theme.apply(fig, base_height=350)   # the course's look: full cell width, palette, viz.presenter() sizes
 
 # %% [markdown]
 # ### Which state is recycled when chaining?
@@ -149,23 +175,28 @@ print(f"steps starting at the same position in both runs: {len(common)}; their 4
 # $\sum_x \min(p(x), q(x)) = 1 - \mathrm{TV}(p, q)$ (notebook 06): it rewards a drafter whose whole distribution
 # overlaps the main model's, not only its peak. The two can differ in either direction, so temperature is one of the
 # first things to check when comparing acceptance numbers (DeepSeek did not state the temperature behind its
-# 85-90%). Sampled runs use a fixed seed.
+# 85-90%). Sampled runs use a fixed seed; the last two lines say which differences exceed the noise.
 
 # %% tags=["nbval-check-output"]
+by_temperature = {}
 for temperature in (0.0, 0.7, 1.0):
-    m = measure(code_prompts, num_draft=1, temperature=temperature, seed=0)
-    print(f"temperature {temperature}: acceptance rate {m['rate']:.3f}, tau {m['tau']:.3f}")
+    m = by_temperature[temperature] = measure(code_prompts, num_draft=1, temperature=temperature, seed=0)
+    print(f"temperature {temperature}: acceptance rate {rate_text(*m['counts'])}, tau {m['tau']:.3f}")
+print("0.0 against 1.0:", compare_rates(by_temperature[0.0]["counts"], by_temperature[1.0]["counts"]))
+print("0.7 against 1.0:", compare_rates(by_temperature[0.7]["counts"], by_temperature[1.0]["counts"]))
 
 # %% [markdown]
 # ## Experiment 3: an FP8 drafter
 #
 # `fp8_drafter=True` drafts with a copy whose MTP modules run in simulated FP8 (notebook 05's recipe) while the main
-# model verifies in full precision, so the output is unchanged; only acceptance can move.
+# model verifies in full precision, so the output is unchanged; only acceptance can move (the last line says
+# whether it moved by more than the noise).
 
 # %% tags=["nbval-check-output"]
 full, fp8 = measure(code_prompts), measure(code_prompts, fp8_drafter=True)
-print(f"full-precision drafter: acceptance {full['rate']:.3f}")
-print(f"FP8 drafter           : acceptance {fp8['rate']:.3f}")
+print(f"full-precision drafter: acceptance {rate_text(*full['counts'])}")
+print(f"FP8 drafter           : acceptance {rate_text(*fp8['counts'])}")
+print("FP8 against full precision:", compare_rates(fp8["counts"], full["counts"]))
 
 # %% [markdown]
 # ## Experiment 4: the text domain
@@ -175,10 +206,12 @@ print(f"FP8 drafter           : acceptance {fp8['rate']:.3f}")
 # and the text: measure it rather than assume it. The same held-out files, as code and as their docstrings:
 
 # %% tags=["nbval-check-output"]
+by_domain = {}
 for name, prompts in (("code", code_prompts), ("docstrings", doc_prompts)):
-    m = measure(prompts, num_draft=2)
+    m = by_domain[name] = measure(prompts, num_draft=2)
     per_position = [round(r, 3) for r in m["per_position"]]
-    print(f"{name:10s}: acceptance {m['rate']:.3f}, tau {m['tau']:.3f}, per position {per_position}")
+    print(f"{name:10s}: acceptance {rate_text(*m['counts'])}, tau {m['tau']:.3f}, per position {per_position}")
+print("code against docstrings:", compare_rates(by_domain["code"]["counts"], by_domain["docstrings"]["counts"]))
 
 # %% [markdown]
 # ## Experiment 5: MTP vs an n-gram drafter
@@ -191,7 +224,7 @@ for name, prompts in (("code", code_prompts), ("docstrings", doc_prompts)):
 # %% tags=["nbval-check-output"]
 for drafter in ("mtp", "ngram"):
     m = measure(code_prompts, num_draft=2, drafter=drafter)
-    print(f"{drafter:5s}: acceptance {m['rate']:.3f}, tau {m['tau']:.3f}")
+    print(f"{drafter:5s}: acceptance {rate_text(*m['counts'])}, tau {m['tau']:.3f}")
 
 # %% [markdown]
 # ## Experiment 6: a drafter trained for the truth, or for its main model?
@@ -208,11 +241,17 @@ for drafter in ("mtp", "ngram"):
 
 # %% tags=["nbval-check-output"]
 undistilled, _ = load_pretrained(device=device, mtp="undistilled")
+by_drafter = {}
 for new_tokens in (NEW_TOKENS, 128):
     for label, drafter in (("MTP loss only      ", MTPDrafter(model, draft_model=undistilled)),
                            ("+ self-distillation", MTPDrafter(model))):
-        m = measure(code_prompts, num_draft=1, new_tokens=new_tokens, drafter=drafter)
-        print(f"{new_tokens:3d} new tokens, {label}: first-draft acceptance {m['rate']:.3f}")
+        m = by_drafter[new_tokens, label.strip()] = measure(code_prompts, num_draft=1, new_tokens=new_tokens,
+                                                            drafter=drafter)
+        print(f"{new_tokens:3d} new tokens, {label}: first-draft acceptance {rate_text(*m['counts'])}")
+for new_tokens in (NEW_TOKENS, 128):
+    print(f"{new_tokens:3d} new tokens, distilled against not:",
+          compare_rates(by_drafter[new_tokens, "+ self-distillation"]["counts"],
+                        by_drafter[new_tokens, "MTP loss only"]["counts"]))
 import json
 
 from mtp_lab.checkpoint import PRETRAINED_DIR
@@ -225,10 +264,12 @@ print(f"model card (8 test prompts of 64 tokens, 128 new): MTP loss only {undist
 # %% [markdown]
 # The main model's weights are bit for bit the same in all rows, so its loss and its outputs are unchanged. The
 # distilled modules are slightly *worse* at predicting the true next-next token (the model card gives both
-# accuracies), yet they agree more often with what the main model will say. Acceptance measures agreement with
-# the main model, not accuracy. Both drafters are accepted more often on longer continuations: greedy text from
-# a small model drifts into repetitive stretches. How much distillation gains depends on the prompts: compare the
-# rows above with the model card's own measurement on other held-out prompts (last line).
+# accuracies), yet they are meant to agree more often with what the main model will say: acceptance measures
+# agreement with the main model, not accuracy. Whether this sample shows the gain is what the two "distilled against
+# not" lines say: 6 prompts give a few hundred drafts, an interval of several points, and the 128-token runs (more
+# drafts) resolve smaller differences than the 40-token ones. Longer continuations also tend to be accepted more
+# often (greedy text from a small model drifts into repetitive stretches). The model card's measurement (last
+# line) uses more prompts and tokens than this cell.
 
 # %% [markdown]
 # ## From $\tau$ to wall-clock speed: why proportion matters
@@ -256,7 +297,6 @@ print(f"model card (8 test prompts of 64 tokens, 128 new): MTP loss only {undist
 
 # %%
 from mtp_lab.proportion import draft_cost_vs_depth
-from mtp_lab.viz import theme
 
 depth_costs = draft_cost_vs_depth(model.config, depths=(2, 4, 8, 16, 24))
 for r in depth_costs:
@@ -298,6 +338,19 @@ for label, m in (("this model (24 blocks)", model), ("shallow model (4 blocks)",
           f"v {points[-1]['verify']:.2f}: "
           f"{best['speedup']:.2f}x plain decoding (range {lo:.2f}-{hi:.2f} over 3 runs), "
           f"{'faster' if lo > 1 else 'slower' if hi < 1 else 'no clear difference'}")
+print(f"measured with {torch.get_num_threads()} torch thread(s) on {os.cpu_count()} cores, 4 prompts x 64 new tokens")
+
+# %% [markdown]
+# **Why not the README's 2.36x?** That figure is `mtp-lab bench --threads 1` (docs/speculative.md): 16 held-out
+# prompts, 128 new tokens each, $k = 4$, on a machine doing nothing else. This cell uses 4 prompts of 64 new tokens
+# while JupyterLab and the browser share the CPU. The speed-up is a ratio of two wall clocks, so it moves with
+# everything that slows one side more than the other: other programs (a busy core stretches the 24 sequential
+# blocks of each plain token and the verify forwards alike, but the engine's per-step Python work and the draft do
+# not scale the same way), the thread count (one is fastest for this batch-1 model; the line above says what this
+# run used), shorter continuations (the prompt's prefill and the first steps weigh more), $k$ and the text
+# ($\tau$). So expect this cell to print less than 2.36x in a browser on a laptop, and different numbers from run to
+# run; the range over 3 runs says how much. What should hold everywhere is the order: this model well above 1x, the
+# shallow one not.
 
 # %% [markdown]
 # ### The speed-up lab
@@ -390,9 +443,11 @@ check("break_even", break_even)
 # %% [markdown]
 # ---
 # ## Solutions
-# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def expected_tokens(alpha, k):
     if alpha == 1:
         return k + 1.0
@@ -402,6 +457,7 @@ def expected_tokens(alpha, k):
 check("expected_tokens", expected_tokens)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def spec_metrics(accepted, drafted, steps):
     return accepted / drafted, 1 + accepted / steps
 
@@ -409,6 +465,7 @@ def spec_metrics(accepted, drafted, steps):
 check("spec_metrics", spec_metrics)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def speedup(alpha, k, c, v):
     return expected_tokens(alpha, k) / (k * c + v)
 
@@ -416,6 +473,7 @@ def speedup(alpha, k, c, v):
 check("speedup", speedup)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def break_even(k, c, v):
     if expected_tokens(1.0, k) < k * c + v:      # even with every draft accepted a step is slower
         return float("nan")

@@ -159,15 +159,19 @@ check("mtp_layer_indices", mtp_layer_indices)
 
 # %% [markdown]
 # ### Exercise 2: lossless or not?
-# For each scheme, `True` if its output distribution equals the target model's exactly, `False` if not.
+# For each scheme, `True` if its output distribution equals the target model's exactly, `False` if not. The check
+# says how many answers are wrong, not which: reason each one out (FAQ question 9 below helps).
 
 # %%
 answers = {
     "rejection sampling with min(1, p/q) and the residual": None,
+    "rejection sampling, but after a rejection the token is sampled from p": None,
     "greedy verification at temperature 0": None,
+    "greedy verification, keeping a draft that is in the target's top 2": None,
     "accept the draft when p(x) > 0.3": None,
     "Medusa typical acceptance": None,
     "MTP drafter chained to depth 3 with rejection sampling": None,
+    "an n-gram drafter with rejection sampling": None,
 }
 
 check("lossless", answers)
@@ -248,9 +252,11 @@ check("lossless", answers)
 # %% [markdown]
 # ---
 # ## Solutions
-# Try the exercises first. The cells below are collapsed; click the bar to expand them.
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 def mtp_layer_indices(num_hidden_layers, num_nextn_predict_layers):
     return list(range(num_hidden_layers, num_hidden_layers + num_nextn_predict_layers))
 
@@ -258,12 +264,17 @@ def mtp_layer_indices(num_hidden_layers, num_nextn_predict_layers):
 check("mtp_layer_indices", mtp_layer_indices)
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
 answers = {
     "rejection sampling with min(1, p/q) and the residual": True,
+    # P(x) = min(p, q)(x) + (1 - beta) p(x) != p(x): the drafted tokens get counted twice
+    "rejection sampling, but after a rejection the token is sampled from p": False,
     "greedy verification at temperature 0": True,
+    "greedy verification, keeping a draft that is in the target's top 2": False,   # not the argmax any more
     "accept the draft when p(x) > 0.3": False,          # changes the distribution (lossy)
     "Medusa typical acceptance": False,                  # not distribution-preserving
     "MTP drafter chained to depth 3 with rejection sampling": True,   # slower drafts, same distribution
+    "an n-gram drafter with rejection sampling": True,   # q is one-hot: accept with p(x), else the residual
 }
 
 check("lossless", answers)
