@@ -52,9 +52,9 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(argv[0])
     n = write_zip(out)
-    print(f"{out}: {n} files under {TOP}/, {out.stat().st_size / 1e6:.1f} MB. On Colab: Files panel (folder icon, "
-          f"left) > Upload, pick this file; then File > Upload notebook, pick a notebook from notebooks/, and follow "
-          f"its first cell")
+    print(f"{out}: {n} files under {TOP}/, {out.stat().st_size / 1e6:.1f} MB. On Colab: File > Upload notebook, pick "
+          f"a notebook from notebooks/ and run its first cell: its steps upload this file (Files panel, folder icon "
+          f"on the left) and install it")
     return 0
 
 
