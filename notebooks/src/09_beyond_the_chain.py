@@ -1,0 +1,400 @@
+# %% [markdown]
+# # 09 · Beyond the chain: trees, hybrid drafts, adaptive size
+#
+# **You will learn**
+# - why one candidate per position caps a chain of MTP drafts, and how a **tree** of candidates is verified in ONE
+#   main-model forward (a tree attention mask and tree position ids), losslessly;
+# - the sampling rule for sibling candidates (draw once from the target at each node, follow the matching child),
+#   built inline and checked against the package;
+# - a **hybrid** drafter (MTP modules + n-gram lookup in one tree) and who proposes the tokens that get accepted;
+# - the measured **verify cost** $v(n)$ of this CPU, the tree sizes it implies, and an **adaptive** drafter that sizes
+#   each step's tree from it;
+# - chain vs tree vs hybrid vs adaptive on the same held-out prompts, what the serving engines do, and why the gains
+#   shrink at large batch (notebook 08's roofline).
+#
+# **Time:** about 40 minutes; the notebook runs in about 25 s on 2 CPU cores (the benchmark numbers are read from
+# the stored `mtp-lab bench` run; the command that makes them is printed with them).
+
+# %%
+from mtp_lab.course import check, environment_report
+
+device = environment_report()
+
+# %% [markdown]
+# ## Set-up
+#
+# The shipped course model (24 main blocks, 2 MTP modules) and a prompt from Python code, where copying is common.
+
+# %% tags=["nbval-check-output"]
+import torch
+
+from mtp_lab import load_pretrained
+
+model, tokenizer = load_pretrained(device=device)
+torch.set_num_threads(1)   # batch-1 decoding of a small model: one CPU thread is fastest
+prompt = tokenizer.encode("def parse_args(argv):\n    parser = argparse.ArgumentParser()\n"
+                          "    parser.add_argument('--input')\n    parser.add_argument(").ids
+print(len(prompt), "prompt tokens;", model.config.mtp_depth, "MTP modules")
+
+# %% [markdown]
+# ## From a chain to a tree
+#
+# A chain drafts one token per position: if $d_1$ is wrong, $d_2, d_3, \dots$ are wasted. The MTP module's
+# distribution usually holds the right token among its top few, so a **tree** keeps several: the top-$b$ tokens at
+# each node, the best nodes by *path score* (the product of the drafter's probabilities along the path), within a
+# node budget. The tree hangs under the last committed token $t_n$ (the *root*).
+#
+# One verify forward scores every node if each node sees exactly what it would see on its own path:
+# - **tree mask**: a node attends to the committed prefix, its ancestors and itself, not to its siblings or cousins;
+# - **tree position ids**: prefix length + depth (siblings share a position).
+#
+# `mtp_lab.tree.ancestor_mask` builds both from the parent of each entry. A small tree: the root (entry 0) with two
+# children (1, 2), entry 3 under 1 and entry 4 under 3, after a prefix of 2 cached tokens:
+
+# %% tags=["nbval-check-output"]
+from mtp_lab.tree import ancestor_mask
+
+mask, depth = ancestor_mask([-1, 0, 0, 1, 3], prefix=2)
+print(mask.int())
+print("position ids:", (2 + depth).tolist())
+
+# %% [markdown]
+# The test that matters: the logits at every node of one tree forward equal a separate, cache-free forward over the
+# prefix and that node's path. Here on the course model, a tree of three branches after the prompt:
+
+# %% tags=["nbval-check-output"]
+tree_tokens = [prompt[-1]] + tokenizer.encode("'--output'").ids[:2] + tokenizer.encode("\"-").ids[:1]
+parents = [-1, 0, 1, 0]                                   # root, a child, its child, a sibling of the first child
+cache = model.new_cache()
+with torch.no_grad():
+    model.forward_main(torch.tensor([prompt[:-1]], device=device), cache)
+    mask, depth = ancestor_mask(parents, len(prompt) - 1, device=device)
+    logits, _ = model.forward_main(torch.tensor([tree_tokens], device=device), cache, mask, len(prompt) - 1 + depth)
+    worst = 0.0
+    for e in range(len(tree_tokens)):
+        path, x = [], e
+        while x >= 0:
+            path.insert(0, tree_tokens[x])
+            x = parents[x]
+        alone, _ = model.forward_main(torch.tensor([prompt[:-1] + path], device=device))
+        worst = max(worst, (logits[0, e] - alone[0, -1]).abs().max().item())
+print("tree-forward logits equal path-alone logits (max difference < 1e-4):", worst < 1e-4)
+
+# %% [markdown]
+# After verification the main model keeps the root and the accepted path; its KV cache (and each MTP module's) is
+# cut back to **that path**, its entries moved to consecutive positions (`mtp_lab.tree.keep_path`), not to a prefix
+# of the flattened node order. The tests compare every cache after every step with a fresh forward over the
+# committed tokens (`tests/test_tree.py`).
+#
+# ## Watch the trees
+#
+# The hybrid drafter at work on the prompt above: press **step** to see the next verify forward's tree. Green is the
+# accepted path, vermillion the branches the target's draw did not take, grey what was never reached; orange is the
+# target's own token after a miss, sky blue the bonus after a leaf. Circles come from the MTP modules (hover: which
+# module), squares from n-gram lookup, diamonds from both.
+
+# %%
+import mtp_lab.viz as viz
+
+view = viz.tree_view(model, tokenizer, prompt=tokenizer.decode(prompt), drafter="hybrid", num_draft=8)
+view
+
+# %% [markdown]
+# ## The rule for siblings
+#
+# A chain drafts $d \sim q$ and accepts it with $\min(1, p/q)$. A tree's top-$b$ children are not samples of $q$: they
+# are **deterministic** given the context. For deterministic candidates the exact rule is simpler (SGLang's MTP
+# topk tree and greedy trees use it):
+#
+# > at the node you stand on, draw $y \sim p$ (the target's distribution there); if a child holds $y$, move to it;
+# > otherwise emit $y$ and stop. At a leaf, every draw is emitted (the bonus).
+#
+# Every emitted token is a draw from the target given the tokens before it, so the output is distributed exactly as
+# plain sampling, whatever the tree. The chance to move on at a node is $\sum_{c \in \text{children}} p(c)$: each
+# sibling adds its target probability. (With candidates *sampled* from $q$, the rule is recursive rejection sampling
+# instead: accept $x_i$ with $\min(1, p/q)$, on rejection replace $p$ by $\mathrm{norm}(\max(0, p - q))$ and try the
+# next sibling; SpecInfer, EAGLE-2.)
+#
+# Built inline, and run against the package's `tree_accept` on one tree with fixed target rows:
+
+# %% tags=["nbval-check-output"]
+from mtp_lab.sampling import SamplingParams
+from mtp_lab.tree import tree_accept
+
+V = 6
+g = torch.Generator().manual_seed(0)
+p = torch.softmax(torch.randn(4, V, generator=g, dtype=torch.float64), -1)   # rows: root, nodes 0, 1, 2
+tokens, parents = [1, 3, 0], [-1, -1, 0]                   # root -> tokens 1 (node 0), 3 (node 1); node 0 -> 0
+
+
+def walk(tokens, parents, p, gen):
+    node = -1
+    path = []
+    while True:
+        y = int(torch.multinomial(p[node + 1], 1, generator=gen))          # one draw at the node we stand on
+        child = next((i for i, (t, par) in enumerate(zip(tokens, parents, strict=True)) if par == node and t == y), None)
+        if child is None:
+            return path, y
+        path.append(child)
+        node = child
+
+
+n = 20_000
+params = SamplingParams(temperature=1.0)
+mine, pkg = torch.zeros(V, V + 1), torch.zeros(V, V + 1)   # (first token, second token or "stopped")
+g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+for counts, run in ((mine, lambda: walk(tokens, parents, p, g1)),
+                    (pkg, lambda: tree_accept(tokens, parents, p, params, g2))):
+    for _ in range(n):
+        path, y = run()
+        out = [tokens[i] for i in path] + [y]
+        counts[out[0], out[1] if len(out) > 1 else V] += 1
+first_tv = 0.5 * (mine.sum(1) / n - p[0]).abs().sum().item()
+both_tv = 0.5 * (mine / n - pkg / n).abs().sum().item()
+print(f"first token, inline walk vs the target p at the root: TV {first_tv:.3f}")
+print(f"joint of the first two tokens, inline walk vs tree_accept: TV {both_tv:.3f}")
+print(f"chance to move on at the root: measured {1 - mine[:, V].sum().item() / n:.3f}, "
+      f"p(1) + p(3) = {(p[0, 1] + p[0, 3]).item():.3f}")
+
+# %% [markdown]
+# Both distances are at the level of sampling noise with 20 000 draws (about 0.02 for a handful of outcomes), and the
+# chance to move on is the children's target mass. The package's exactness tests go further: on a model whose
+# target is a known Markov chain, the tree and hybrid drafters' emitted tokens pass chi-square tests on single tokens
+# and on pairs (`tests/test_speculative_sampling.py`), and greedy trees reproduce plain decoding token for token.
+
+# %% [markdown]
+# ### Exercise 1: the walk
+#
+# Write the walk with a given sampler: `sample(row)` returns one token drawn from a row of target probabilities.
+# `p` has one row per entry: the root first, then the nodes in the order of `tokens`. Return `(path, next_token)`:
+# the accepted nodes (indices into `tokens`, root side first) and the token the step adds.
+
+# %%
+def tree_walk(tokens, parents, p, sample):
+    # YOUR CODE HERE
+    return None
+
+
+check("tree_walk", tree_walk)
+
+# %% [markdown]
+# ## Hybrid: MTP and n-gram in one tree
+#
+# Code repeats itself: argument lists, attribute names, whole lines. Prompt lookup (an n-gram drafter) finds the
+# context's last few tokens earlier in the text and proposes what followed, for free (no weights), and sometimes far
+# ahead. The hybrid drafter puts its continuation into the same tree as the MTP candidates: from the root, and again
+# from the best MTP leaf (so the lookup continues where the modules stop), merging nodes that both propose. Every
+# accepted token records who proposed it. All drafters give plain decoding's output on the prompt above:
+
+# %% tags=["nbval-check-output"]
+from mtp_lab import DRAFTERS, generate, speculative_generate
+
+ref = generate(model, prompt, 48)
+for name in ("mtp", "ngram", "mtp-tree", "hybrid"):
+    out = speculative_generate(model, prompt, 48, num_draft=8 if name != "mtp" else 4, drafter=name)
+    s = out.stats
+    print(f"{name:9s} identical to plain: {out.tokens == ref.tokens}  tau {s.mean_acceptance_length:.2f}  "
+          f"accepted from {dict(sorted(s.accepted_by_source.items()))}")
+print("every drafter by name:", DRAFTERS)
+
+# %% [markdown]
+# ## What a verify forward costs: $v(n)$
+#
+# A tree of $N$ nodes is verified by one forward over $N + 1$ tokens. How much more does that cost than the one-token
+# forward of plain decoding? `mtp-lab bench --verify-cost 64` times it for $n = 1..64$ (process CPU time, one thread,
+# each $n$ in turn per repeat, medians; a non-decreasing fit smooths the noise). The stored run of this VM:
+
+# %% tags=["nbval-check-output"]
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+import mtp_lab
+
+RESULTS = Path(mtp_lab.__file__).resolve().parents[1] / "docs" / "results"
+vc = json.loads((RESULTS / "verify_cost_threads1.json").read_text())
+print(f"AR step {vc['ar_ms']:.2f} ms CPU; v(2) = {vc['v_fit'][1]:.2f}, v(8) = {vc['v_fit'][7]:.2f}, "
+      f"v(16) = {vc['v_fit'][15]:.2f}, v(32) = {vc['v_fit'][31]:.2f}, v(64) = {vc['v_fit'][63]:.2f}; "
+      f"one MTP module call c = {vc['c']:.2f}")
+for x, n_tokens in vc["largest_n_within"].items():
+    print(f"v(n) <= {x}: a tree of up to {n_tokens - 1} nodes (n = nodes + root = {n_tokens})")
+
+# %% [markdown]
+# The curve, with its fit:
+
+# %%
+fig = viz.theme.apply(go.Figure())
+fig.add_scatter(x=vc["n"], y=vc["v"], mode="markers", name="measured (median)", marker=viz.theme.marker("main", 7))
+fig.add_scatter(x=vc["n"], y=vc["v_fit"], mode="lines", name="non-decreasing fit", line=viz.theme.line("reference"))
+fig.update_layout(title="verify cost on this CPU: one forward over n tokens, in AR steps", height=viz.theme.height(320),
+                  xaxis_title="tokens in the verify forward (tree nodes + root)", yaxis_title="v(n)")
+fig
+
+# %% [markdown]
+# On this CPU the forward is not free: {{v(8) = 1.34}}, {{v(16) = 1.50}}, {{v(64) = 2.58}} AR steps. A tree of
+# {{up to 13 nodes}} fits in 1.5 AR steps, {{up to 36 nodes}} in 2. So the fixed trees here hold at most 16 nodes,
+# and the adaptive drafter decides per step, from this curve and the measured draft cost, how many of its best nodes
+# (up to 32) to verify:
+#
+# $$N^* = \arg\max_N \frac{1 + \sum_{i \le N} s_i}{\text{calls}\cdot c + v(N+1)}$$
+#
+# with $s_i$ the acceptance estimates of the best nodes (path scores, calibrated online against what was accepted),
+# and it stops drafting another MTP level when that level cannot raise this rate.
+#
+# On a GPU the picture changes: notebook 08's roofline puts the ridge of a 7B model on an H100-class GPU at about
+# 206 positions. Below it a forward reads the same weights whatever $n$, so $v(n) \approx 1$ for trees of tens of
+# nodes, and trees pay far more than here. At batch $B$ the forward carries $B(N+1)$ positions and reaches the ridge
+# much sooner:
+
+# %% tags=["nbval-check-output"]
+ridge = 989e12 / 4.8e12              # notebook 08: FLOPs per byte of an H100-class GPU = positions at the ridge
+for nodes in (1, 4, 16, 64):
+    print(f"tree of {nodes:2d} nodes: verify stays memory-bound up to batch {ridge / (nodes + 1):5.1f}")
+
+# %% [markdown]
+# ### Exercise 2: how big a tree?
+#
+# `scores` are the acceptance estimates of the best candidate nodes (descending), `v[n-1]` the verify cost of $n$
+# tokens, `c` the cost of one drafter call and `calls` the calls made. Return the number of nodes $N$ (0 to
+# `len(scores)`) that maximises the expected tokens per AR-token time.
+
+# %%
+def tree_size(scores, v, c, calls):
+    # YOUR CODE HERE
+    return None
+
+
+check("tree_size", tree_size)
+
+# %% [markdown]
+# ## Chain vs tree vs hybrid vs adaptive
+#
+# The stored benchmark: `mtp-lab bench` on 8 held-out prompts of the test split, 128 new tokens each, greedy, batch
+# 1, one thread, 3 repeats, every configuration interleaved prompt by prompt. For each drafter the row of its best
+# depth $k$ (by the median wall-clock speed-up), with the range over the repeats, the speed-up in process CPU time
+# (less sensitive to other jobs on the machine), $\tau$, tokens per verify forward, and who proposed the accepted
+# drafts. Every output was checked identical to plain decoding.
+
+# %% tags=["nbval-check-output"]
+bench = json.loads((RESULTS / "bench_beyond_chain_threads1.json").read_text())
+rows = bench["rows"]
+print(f"{bench['source']}; {bench['prompts']} prompts x {bench['new_tokens']} tokens, {bench['repeats']} repeats, "
+      f"{bench['threads']} thread; identical to plain decoding: "
+      f"{all(r['identical_to_ar'] == r['prompts'] for r in rows)}")
+best = {}
+for r in rows[1:]:
+    if r["drafter"] not in best or r["speedup"] > best[r["drafter"]]["speedup"]:
+        best[r["drafter"]] = r
+print(f"{'drafter':9s} {'k':>2s} {'tau':>5s} {'tok/F':>5s} {'speed-up':>8s} {'range':>11s} {'CPU':>6s} "
+      f"{'CPU range':>11s}  accepted from")
+for name, r in best.items():
+    src = r["accepted_by_source"]
+    total = sum(src.values())
+    print(f"{name:9s} {r['k']:2d} {r['tau']:5.2f} {r['tokens_per_main_forward']:5.2f} {r['speedup']:7.2f}x "
+          f"{r['speedup_range'][0]:5.2f}-{r['speedup_range'][1]:4.2f} {r['cpu_speedup_median']:5.2f}x "
+          f"{r['cpu_speedup_range'][0]:5.2f}-{r['cpu_speedup_range'][1]:4.2f}  "
+          + ", ".join(f"{k} {v / total:.0%}" for k, v in src.items()))
+mtp_based = max((r for n, r in best.items() if n != "ngram"), key=lambda r: r["speedup"])
+ngram_cpu = max(r["cpu_speedup_median"] for r in rows if r["drafter"] == "ngram")
+print(f"best MTP-based: {mtp_based['drafter']} k={mtp_based['k']}, {mtp_based['speedup']:.2f}x over plain decoding, "
+      f"{mtp_based['speedup'] / best['ngram']['speedup']:.2f}x the n-gram drafter's best; in CPU time "
+      f"{mtp_based['cpu_speedup_median']:.2f}x and {mtp_based['cpu_speedup_median'] / ngram_cpu:.2f}x")
+hybrid_cpu = max(r["cpu_speedup_median"] for r in rows if r["drafter"] == "hybrid")
+print(f"adaptive against the best fixed-depth hybrid: {best['adaptive']['speedup']:.2f}x vs "
+      f"{best['hybrid']['speedup']:.2f}x wall clock, {best['adaptive']['cpu_speedup_median']:.2f}x vs "
+      f"{hybrid_cpu:.2f}x CPU time")
+ms = mtp_based["ms_per_main_forward"]
+a = ms["ar_token"]
+tf = mtp_based["tokens_per_main_forward"]
+d, v, o = ms["draft"] / a, ms["verify"] / a, ms["overhead"] / a
+print(f"{mtp_based['drafter']}, per verify forward in AR steps: draft {d:.2f}, verify {v:.2f}, overhead {o:.2f}; "
+      f"{tf:.2f} tokens per forward; plain decoding {a:.2f} ms per token in this run")
+print(f"the same tokens per forward with a verify as cheap as one token (v = 1): {tf / (d + 1 + o):.2f}x")
+
+# %% [markdown]
+# The machine was shared with other jobs during this run: plain decoding took {{19.37 ms}} per token in the repeat
+# the adaptive row comes from, more than twice its quiet-machine 8.2 ms (docs/speculative.md), so absolute numbers
+# are depressed and noisy; the ratios within the run are what to read. What it shows:
+#
+# - **A tree raises $\tau$, not by itself the speed.** The MTP tree accepts {{4.86}} tokens per step against the
+#   chain's {{4.28}}, but a verify forward of 16 tokens costs about 1.6 AR steps on this CPU, which eats the gain.
+# - **The hybrid tree is the one that pays**: about a fifth of its accepted tokens come from n-gram lookup alone and
+#   more than a third from both sources, at no drafting cost.
+# - **Adaptive beats every fixed depth**: sized per step by the cost model, it is the fastest configuration,
+#   {{2.36x}} over plain decoding ({{2.25-2.58}} over the repeats) against the fixed hybrid's best {{2.18x}}, and
+#   {{2.39x}} against {{2.33x}} in CPU time. Against the n-gram drafter's best it is {{1.19x}}.
+# - **The target of 2.8x is out of reach here**, and the last two lines say why: each verify forward yields
+#   {{4.90 tokens}} but costs about 2 AR steps (drafting, a verify forward of 14 tokens, bookkeeping). With a verify
+#   as cheap as one token, as on a GPU at batch 1, the same drafts would give {{3.33x}}.
+#
+# ## What the engines do
+#
+# | engine | tree | drafts per step | n-gram |
+# |---|---|---|---|
+# | SGLang (DeepSeek MTP via EAGLE) | top-$k$ tree (`--speculative-eagle-topk`): $\tau$ 2.5-3 vs about 1.9 for a chain | fixed steps; adaptive tiers in recent versions | separate drafter |
+# | TensorRT-LLM | MTP tree, greedy only | fixed | a suffix automaton overrides MTP when a match of length $\geq 4$ exists |
+# | vLLM | chains (trees for EAGLE) | `adaptive_k` from running acceptance and a cost model | separate `ngram` method |
+# | llama.cpp | chains | stops drafting below a probability `p_min` | separate; alternating with MTP brought no gain |
+# | FastDeploy | MTP | fixed | MTP `with_ngram` |
+#
+# EAGLE-2 grows its tree where the drafter is confident (3.05-4.26x on GPU); Sequoia chooses the tree's shape for
+# the hardware; staged speculative decoding (a tree plus an n-gram model drafting for the drafter) reached 3.16x on
+# GPT-2-L. This notebook's drafters put the three together, lossless under sampling too.
+#
+# **Why the gains shrink at large batch.** A tree multiplies the verified positions by $N + 1$. At batch 1 on a GPU
+# that is free up to the ridge; at batch $B$ the forward already carries $B$ positions, and $B(N+1)$ crosses the
+# ridge at the batch sizes printed above: beyond it every rejected node costs real compute. Engines therefore shrink
+# the tree, and then $k$, as the batch grows, and turn speculation off under heavy load; a CPU, whose $v(n)$ rises
+# from the start, behaves like a GPU at large batch.
+
+# %% [markdown]
+# ## Summary
+#
+# - A tree drafts several candidates per position and is verified in one forward: each node attends to the prefix
+#   and its ancestors, at position prefix + depth; the caches keep the accepted path only.
+# - With deterministic candidates the exact rule is: draw $y \sim p$ at each node, follow the child equal to $y$,
+#   else emit $y$. Greedy trees reproduce plain decoding; sampled trees reproduce its distribution.
+# - A hybrid tree adds free n-gram branches to the MTP candidates; the accepted tokens' sources show how much each
+#   contributes.
+# - The verify cost $v(n)$ decides how big a tree pays: measured here it grows from the first token, so trees stay
+#   small on a CPU; the adaptive drafter sizes each step from $v(n)$ and the draft cost.
+# - On a GPU at batch 1 $v(n)$ is flat for tens of nodes and trees pay more; at large batch the roofline takes the
+#   gain away.
+
+# %% [markdown]
+# ---
+# ## Solutions
+# Try the exercises first. The cells below are collapsed: click the bar to read one. Run All skips them (each
+# starts with `%%solution`, which prints "solution not run"): to run one, delete that first line and run the cell.
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
+def tree_walk(tokens, parents, p, sample):
+    children = {}                                   # node (-1: the root) -> {token: child}
+    for i, (t, par) in enumerate(zip(tokens, parents, strict=True)):
+        children.setdefault(par, {})[t] = i
+    path, node = [], -1
+    while True:
+        y = sample(p[node + 1])                     # the row of the node we stand on: the root's is row 0
+        child = children.get(node, {}).get(y)
+        if child is None:
+            return path, y                          # a miss, or a leaf: the draw itself is the step's token
+        path.append(child)
+        node = child
+
+
+check("tree_walk", tree_walk)
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+# %%solution
+def tree_size(scores, v, c, calls):
+    best, best_rate = 0, 1 / (calls * c + v[0])
+    for n in range(1, len(scores) + 1):
+        rate = (1 + sum(scores[:n])) / (calls * c + v[n])   # n nodes + the root: v(n + 1) = v[n]
+        if rate > best_rate:
+            best, best_rate = n, rate
+    return best
+
+
+check("tree_size", tree_size)
