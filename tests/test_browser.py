@@ -94,6 +94,7 @@ cfg = TrainConfig(steps=6, batch_size=2, seq_len=8, eval_interval=3, eval_batche
 Trainer(get_preset("tiny", vocab_size=256), cfg, corpus, callbacks=[monitor]).fit();""",
     "speedup_lab": 'viz.speedup_lab([{"label": "tiny", "alpha": 0.6, "k": 2, "c": 0.3, "verify": 1.2, '
                    '"speedup": 1.3}])',
+    "tree_view": 'viz.tree_view(model, tokenizer, prompt="abcabcabc", drafter="hybrid", num_draft=4)',
 }
 VIEW_SUFFIXES = ("_dashboard", "_view", "_explorer", "_race", "_monitor", "_lab")
 SLIDE = {"slideshow": {"slide_type": "slide"}}
