@@ -218,7 +218,9 @@ class TreeDrafter:
                 generator: torch.Generator | None = None) -> Draft:
         n, D = len(tokens) - 1, self.depth
         V = self.draft_model.config.vocab_size
-        if k == 0 or n < D:            # module D needs position n - D: too short a context, draft nothing
+        # nodes that fit in every KV cache: the verify forward appends the root and every node after t_{n-1}
+        self.room = self.cache.main[0].max_len - len(tokens)
+        if k == 0 or n < D or self.room < 1:   # module D needs position n - D: too short a context, draft nothing
             return Draft([], torch.empty(0, V), None, forwards=0)
         self.n, self.seq, self.calls = n, tokens, 0
         self.mod = [{"entries": [], "state": {}}] + [{"entries": [], "state": {}} for _ in range(D)]
@@ -242,11 +244,15 @@ class TreeDrafter:
             for i, x in enumerate(frontier):
                 base = self.score[x] if x >= 0 else 1.0
                 for s, t in zip(top_p[i].tolist(), top_i[i].tolist(), strict=True):
-                    children.append(self._add(t, x, base * min(1.0, f * s), "mtp", s))
-                    probs_of[children[-1]] = q[i]
+                    if len(self.tok) < self.room:
+                        children.append(self._add(t, x, base * min(1.0, f * s), "mtp", s))
+                        probs_of[children[-1]] = q[i]
             frontier = sorted(sorted(children, key=lambda c: -self.score[c])[:self.width])   # rows in entry order
+            if not frontier:
+                break
         if self.ngram is not None:
-            for x in (-1, max(frontier, key=lambda c: self.score[c]) if frontier != [-1] else -1):
+            starts = [-1] + ([max(frontier, key=lambda c: self.score[c])] if frontier and frontier != [-1] else [])
+            for x in starts:
                 self._add_ngram(x, tokens, k, probs_of, V)
         keep = self._select()
         self.used, self.drafted, self.kept_order = used, True, keep
@@ -273,6 +279,8 @@ class TreeDrafter:
             score = (self.score[x] if x >= 0 else 1.0) * r
             child = self.kids[x].get(t)
             if child is None:
+                if len(self.tok) >= self.room:
+                    break
                 child = self._add(t, x, score, "ngram")
                 probs_of[child] = torch.nn.functional.one_hot(torch.tensor(t), V).float()
             else:

@@ -194,3 +194,21 @@ def test_measure_costs_is_sane():
     assert all(v > 0 for v in m["v"]) and m["c"] > 0
     with pytest.raises(ValueError, match="max_seq_len"):
         measure_costs(model, max_n=60, prefix=16)
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_trees_near_max_seq_len_and_eos(trained, name):  # noqa: F811
+    """A tree has more nodes than depth: near max_seq_len every node must still fit in every KV cache; EOS in the
+    middle of an accepted path stops there."""
+    drafter = make_drafter(trained, name, cost=COST)
+    L = trained.config.max_seq_len
+    for length in (L - 30, L - 12, L - 5, L - 2):
+        prompt = ([3, 6, 9, 12] * L)[:length]
+        ref = generate(trained, prompt, 50)
+        out = speculative_generate(trained, prompt, 50, num_draft=8, drafter=drafter)
+        assert out.tokens == ref.tokens and out.stats.stop_reason == "max_seq_len"
+    prompt = [3, 6, 9, 12, 15]
+    ref = generate(trained, prompt, 30).tokens
+    eos = ref[7]
+    out = speculative_generate(trained, prompt, 30, num_draft=6, drafter=drafter, eos_id=eos)
+    assert out.tokens == ref[:ref.index(eos) + 1] and out.stats.stop_reason == "eos"
