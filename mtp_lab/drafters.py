@@ -27,7 +27,7 @@ Recycle = Literal["post_norm", "pre_norm"]   # the state an MTP module's reuse f
 @dataclass
 class Draft:
     tokens: list[int]                   # d_1..d_k' (a tree: its nodes, every parent before its children)
-    probs: torch.Tensor                 # (k', V): q_j, the distribution d_j was drawn from (a tree: unused)
+    probs: torch.Tensor                 # (k', V): q_j, the distribution d_j was drawn (a tree: picked) from
     logits: torch.Tensor | None         # (k', V): the drafter's raw logits (None for weight-free drafters and trees)
     forwards: int                       # module forward calls spent on this draft
     parents: list[int] | None = None    # a tree: parent node of each node (-1: the last committed token); None: a chain
