@@ -150,7 +150,7 @@ def root(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path, tmp: Path, on_fail=pytest.fail):
+def jupyterlab(root: Path, tmp: Path, on_fail=pytest.fail, kernel_env: dict | None = None):
     """A JupyterLab server on loopback serving `root` (settings, runtime files and log under `tmp`); yields
     (base url, token). The app object is exposed as window.jupyterapp, so that tests can list and run commands by
     id. Also used by tools/browser_runall.py."""
@@ -165,6 +165,7 @@ def jupyterlab(root: Path, tmp: Path, on_fail=pytest.fail):
                JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(workspaces))
     env.pop("MTP_LAB_RUN_SOLUTIONS", None)     # a learner's kernel: Run All skips the %%solution cells
     env.pop("OMP_NUM_THREADS", None)           # and chooses its threads itself (mtp_lab.course.setup_kernel)
+    env.update(kernel_env or {})               # unless told otherwise (tools/browser_runall.py --threads)
     log_path = tmp / "lab.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(

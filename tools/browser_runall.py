@@ -8,6 +8,7 @@ time. Each notebook's kernel is shut down before the next one starts.
 
     python tools/browser_runall.py                    # all nine at 1280x800, one table
     python tools/browser_runall.py 04 07 --size 1920x1080 --repeats 2
+    python tools/browser_runall.py 04 --threads 2      # torch's default on 2 cores, for comparison
 
 Also reports every figure narrower than its cell (the fill check of tests/test_browser.py) and writes a
 screenshot of each notebook's end to artifacts/runall/. On a shared machine the times are pessimistic: say so
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="1280x800", help="browser viewport WIDTHxHEIGHT")
     ap.add_argument("--repeats", type=int, default=1, help="Run All this many times per notebook (fresh kernel each)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds allowed for one notebook's Run All")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="force the kernels' torch threads (OMP_NUM_THREADS) instead of the first cell's choice")
     args = ap.parse_args(argv)
     bt = _browser_tests()
     if not Path(bt.CHROMIUM).exists():
@@ -72,7 +75,9 @@ def main(argv=None) -> int:
         def fail(message):
             raise RuntimeError(message)
 
-        with bt.jupyterlab(root, server, on_fail=fail) as (url, token), sync_playwright() as pw:
+        kernel_env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+        with bt.jupyterlab(root, server, on_fail=fail, kernel_env=kernel_env) as (url, token), \
+                sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=bt.CHROMIUM, args=bt.CHROMIUM_FLAGS, headless=True)
             for p in paths:
                 for _ in range(args.repeats):
@@ -88,7 +93,8 @@ def main(argv=None) -> int:
                     bt.shutdown_sessions(url, token)
                     print(f"{p.stem:28s} {seconds:6.1f} s", flush=True)
             browser.close()
-    print(f"\nRun All in JupyterLab + headless Chromium at {width}x{height} (kernel start not included), "
+    threads = f"{args.threads} torch thread(s) forced" if args.threads else "threads chosen by the first cell"
+    print(f"\nRun All in JupyterLab + headless Chromium at {width}x{height}, {threads} (kernel start not included), "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:")
     for name, ts in times.items():
         spread = f" (runs: {', '.join(f'{t:.1f}' for t in ts)})" if len(ts) > 1 else ""

@@ -152,7 +152,8 @@ class FP8Explorer(Dashboard):
         self.bits = w.IntSlider(value=14, min=8, max=23, description="accumulator bits", **cs)
         for slider in (self.value, self.outlier, self.bits):   # two per row: none squashed on a laptop
             slider.layout = w.Layout(width="48%", min_width="260px")
-        self.promote = w.Dropdown(options=[32, 64, 128, 256, 512], value=128, description="promote every N_C")
+        self.promote = w.Dropdown(options=[32, 64, 128, 256, 512], value=128, description="promote every N_C",
+                                  style={"description_width": "initial"}, layout=w.Layout(width="30%"))
         self.status = html_widget()
         self.fig = self.new_figure(self._layout())
         for control, compute in ((self.value, self.set_value), (self.outlier, self.set_outlier),
