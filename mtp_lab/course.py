@@ -81,8 +81,9 @@ def torch_threads(cores: int | None = None) -> tuple[int, str]:
     """CPU threads for this kernel and why: (threads, one line to print).
 
     The course's model is small and decodes one token at a time, where thread synchronisation costs more than
-    a second core gains; on a laptop the browser needs a core too. Measured on 2 cores in JupyterLab: notebook
-    04 ran Run All in 72 s with torch's default 2 threads and 12 s with 1. So: 1 thread on up to 4 cores, and
+    a second core gains; on a laptop the browser needs a core too. Measured on 2 shared cores in JupyterLab
+    (tools/browser_runall.py 01 04, with and without --threads 2): Run All of notebook 04 took 89 s with torch's
+    default 2 threads and 18 s with 1, notebook 01 12.4 s and 3.5 s. So: 1 thread on up to 4 cores, and
     on more cores torch's default minus two cores left for the browser. OMP_NUM_THREADS, when set, wins.
     """
     cores = cores or os.cpu_count() or 1

@@ -32,8 +32,8 @@ def _number(value, what: str) -> float:
 
 # ---------------------------------------------------------------- 00 welcome
 
-@exercise("target_index", "00", "the main model (k = 0) at position i predicts t_{i+1}; each MTP depth looks one "
-                                "token further ahead.")
+@exercise("target_index", "00", "start with the main model (k = 0): which token does it predict at position i? "
+                                "Then read the table above for depths 1 and 2.")
 def _target_index(fn) -> str:
     for i in range(5):
         for k in range(4):
@@ -47,8 +47,8 @@ def _target_index(fn) -> str:
     return "Depth k at position i predicts t_{i+k+1} (0-based), the main model (k = 0) t_{i+1}."
 
 
-@exercise("mtp_share", "00", "the released checkpoint holds 671B main-model and 14B MTP parameters; the share is "
-                             "MTP / (main + MTP), as a fraction between 0 and 1.")
+@exercise("mtp_share", "00", "the released checkpoint holds 671B main-model and 14B MTP parameters: what share of "
+                             "ALL its parameters is the MTP module? A fraction between 0 and 1.")
 def _mtp_share(value) -> str:
     if value is None:
         call(None)
@@ -83,8 +83,8 @@ def _greedy_next(fn) -> str:
     return "logits[:, -1].argmax(-1): the last position's most likely next token."
 
 
-@exercise("block_params", "01", "count wq, wk, wv, wo (d x d each), SwiGLU's three matrices w1, w3, w2 (d x d_ff each) "
-                                "and the two RMSNorm gains (d each); no biases.")
+@exercise("block_params", "01", "list every weight of a Block (attention, the SwiGLU feed-forward, the norms) with its "
+                                "shape, and add them up; there are no biases.")
 def _block_params(fn) -> str:
     for d, dff in ((32, 64), (256, 688), (96, 200)):
         cfg = ModelConfig(vocab_size=16, d_model=d, n_layers=1, n_heads=4, d_ff=dff, max_seq_len=8)
@@ -341,7 +341,8 @@ def _residual(fn) -> str:
     raise Wrong(f"got {[round(v, 4) for v in got.tolist()]}, which is not the residual distribution")
 
 
-@exercise("greedy_accepted", "06", "count matching tokens from the start and STOP at the first mismatch.")
+@exercise("greedy_accepted", "06", "a draft that comes after a mismatch was built on a wrong token: can it still "
+                                   "count?")
 def _greedy_accepted(fn) -> str:
     cases = [([5, 6, 7], [5, 6, 7], 3), ([5, 6, 7], [5, 9, 7], 1), ([5, 6, 7], [1, 6, 7], 0), ([4], [4], 1)]
     for draft, target, want in cases:
@@ -395,8 +396,8 @@ def _spec_metrics(fn) -> str:
     return "rate 0.85 with k = 2 gives tau 2.7 tokens per target forward."
 
 
-@exercise("speedup", "07", "expected tokens per step divided by the cost of one step in AR-token times: k drafts "
-                           "of cost c each plus one verify forward of cost v.")
+@exercise("speedup", "07", "tokens a step yields over the time a step costs, both in units of one plain-decoding "
+                           "token: what does a step spend on drafting, and what on verifying?")
 def _speedup(fn) -> str:
     for a, k, c, v in ((0.8, 2, 0.1, 1.0), (0.6, 4, 0.2, 1.3), (0.9, 1, 0.0, 1.0), (1.0, 3, 0.05, 1.2)):
         tokens = sum(a ** j for j in range(k + 1))
@@ -433,7 +434,8 @@ def _break_even(fn) -> str:
 
 # ---------------------------------------------------------------- 08 real world
 
-@exercise("mtp_layer_indices", "08", "the main layers are model.layers.0 .. L-1; the MTP layers follow them.")
+@exercise("mtp_layer_indices", "08", "how are the main layers numbered in the checkpoint, and where do layers "
+                                     "stored after them go?")
 def _mtp_layer_indices(fn) -> str:
     for L, n in ((61, 1), (4, 2)):
         got = call(fn, L, n)

@@ -6,7 +6,8 @@
 # - the two reasons it matters: a denser training signal, and a built-in drafter for speculative decoding;
 # - how this course is organised, and how its exercises and checks work.
 #
-# **Time:** about 10 minutes of reading; the notebook runs in under 10 s on 2 CPU cores.
+# **Time:** about 10 minutes of reading; Run All took 3 s
+# in JupyterLab in a browser on 2 CPU cores, on a shared machine: yours may differ.
 #
 # **You need:** to know what a decoder-only transformer is (embedding, blocks, output head, next-token loss).
 #
@@ -100,8 +101,10 @@ for i in range(len(words) - 3):
 # | 08 MTP in the real world | DeepSeek-V3's checkpoint, vLLM/SGLang, the peers, a FAQ |
 #
 # Each notebook lists its own goals and time at the top: reading and the exercises take 20-50 minutes per notebook;
-# running all its cells takes seconds (07, about a minute). The root README's course table gives each notebook's
-# run time as `make notebooks` measures it on 2 CPU cores (all nine in about 2 minutes). With a CUDA
+# "Run All" takes seconds (07, about two minutes). The root README's course table gives each notebook's Run All
+# time, measured in JupyterLab in a browser on 2 CPU cores (all nine in about 3 minutes). The first cell sets
+# torch's CPU threads for your machine and prints how many: on a laptop one thread is fastest for this small model
+# and leaves the browser a core. With a CUDA
 # GPU the same cells run on it (the model goes to `device`); GPU times were not measured for this release: expect
 # the training cells of 04 and 05 to gain most, since batch-1 decoding of a 5.8M-parameter model is dominated by
 # Python overhead on any device.

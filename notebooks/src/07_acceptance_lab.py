@@ -10,8 +10,9 @@
 # - from $\tau$ to wall-clock speed-up, with the draft cost $c$ and the verify cost $v$; why the main model's depth
 #   (its proportion to the one-block drafter) decides whether MTP pays, measured on this model and a shallow one.
 #
-# **Time:** about 50 minutes; the notebook runs in about 65 s on 2 CPU cores (each experiment decodes a few short
-# held-out snippets; raise `N_PROMPTS` and `NEW_TOKENS` for tighter numbers).
+# **Time:** about 50 minutes; Run All took 2 minutes
+# in JupyterLab in a browser on 2 CPU cores, on a shared machine: yours may differ. Each experiment decodes a few
+# short held-out snippets; raise `N_PROMPTS` and `NEW_TOKENS` for tighter numbers.
 
 # %%
 import os
