@@ -33,8 +33,9 @@ def tool(name: str):
 
 def make_dry(*args: str, path: str | None = None) -> str:
     """What `make -n` would run (nothing is run)."""
-    env = {**os.environ, "PATH": path or os.environ["PATH"]}
-    env.pop("TORCH_INDEX", None)
+    env = {k: v for k, v in os.environ.items()    # not the variables of a make that runs these tests (CI: TORCH_INDEX=)
+           if k not in ("TORCH_INDEX", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL")}
+    env["PATH"] = path or os.environ["PATH"]
     return subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, check=True).stdout
 
