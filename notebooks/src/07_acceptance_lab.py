@@ -321,7 +321,7 @@ theme.apply(fig, base_height=340)   # the course's look: full cell width, palett
 # Wall-clock timings move from run to run on a laptop (other programs, frequency scaling), so one run is one sample,
 # never the answer. `repeated_bench` runs plain decoding and the MTP drafter at $k = 1..4$, interleaved prompt by
 # prompt, three times, and reports the median speed-up with its range. The same held-out prompts for both models;
-# about 30 seconds.
+# tens of seconds on 2 CPU cores, longer on a busy machine.
 
 # %%
 from mtp_lab.bench import build_drafters, repeated_bench
