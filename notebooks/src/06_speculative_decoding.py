@@ -128,7 +128,8 @@ print(f"P(draft accepted) = sum min(p, q) = {torch.minimum(p, q).sum().item():.3
 # %% tags=["nbval-check-output"]
 from mtp_lab.decoding import speculative_accept
 
-gen = torch.Generator(device=p.device).manual_seed(0)
+p, q = p.cpu(), q.cpu()     # draws on the CPU's generator: the same numbers on a laptop and on a GPU machine
+gen = torch.Generator().manual_seed(0)
 N = 20_000
 drafts = torch.multinomial(q, N, replacement=True, generator=gen).tolist()       # x ~ q
 emitted = []
@@ -137,7 +138,7 @@ for x in drafts:
     emitted.append(x if n_accepted else replacement)   # accepted: x stands; rejected: a residual sample
 emitted = torch.tensor(emitted)
 empirical = torch.bincount(emitted, minlength=p.numel()).float() / N
-fresh = torch.multinomial(p, N, replacement=True, generator=torch.Generator(device=p.device).manual_seed(1))
+fresh = torch.multinomial(p, N, replacement=True, generator=torch.Generator().manual_seed(1))
 noise = torch.bincount(fresh, minlength=p.numel()).float() / N       # its own generator: independent of the loop
 
 
