@@ -3,6 +3,7 @@
 sample_root  - a small copy of real standard-library files with files in every split (tests/stdlib_sample.py)
 corpus       - that sample tokenized with a byte-level BPE of the module's VOCAB tokens (test_train, test_distill)
 one_thread   - torch on one thread for the module: tiny models run faster, a shared machine does not stall them
+no_long_work - loading a corpus or a model, or measuring anything, fails the test (CLI checks must come first)
 device       - the torch device of the model, loss, FP8, decoding and training tests: cpu, or what
                `--torch-device cuda` (or MTP_LAB_TEST_DEVICE=cuda) asks for (tools/gpu_check.py runs them so)
 """
@@ -59,3 +60,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_long_work(monkeypatch):
+    """Loading a corpus or a model, or measuring anything, fails the test: the checks must come first."""
+    import mtp_lab.bench
+    import mtp_lab.checkpoint
+    import mtp_lab.data
+    import mtp_lab.fp8_bench
+
+    def boom(*args, **kwargs):
+        raise AssertionError("long work started before the bad input was refused")
+    for module, name in ((mtp_lab.data, "build_corpus"), (mtp_lab.checkpoint, "load_pretrained"),
+                         (mtp_lab.bench, "heldout_prompts"), (mtp_lab.bench, "random_setup"),
+                         (mtp_lab.fp8_bench, "quantization_table")):
+        monkeypatch.setattr(module, name, boom)

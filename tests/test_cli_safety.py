@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_errors import one_line_error
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -39,25 +40,6 @@ def run(sample_root, tmp_path_factory):
                 "--threads", "1"]
         assert cli_main(args + ["--out", str(tmp / "run"), "--steps", "2", "--save-interval", "1"]) == 0
         yield args, tmp / "run"
-
-
-@pytest.fixture
-def no_long_work(monkeypatch):
-    """Loading a corpus or a model, or measuring anything, fails the test: the checks must come first."""
-    def boom(*args, **kwargs):
-        raise AssertionError("long work started before the bad input was refused")
-    for module, name in ((mtp_lab.data, "build_corpus"), (mtp_lab.checkpoint, "load_pretrained"),
-                         (mtp_lab.bench, "heldout_prompts"), (mtp_lab.bench, "random_setup"),
-                         (mtp_lab.fp8_bench, "quantization_table")):
-        monkeypatch.setattr(module, name, boom)
-
-
-def one_line_error(capsys, argv) -> str:
-    """Run the command; it must exit 2 with exactly one line, `mtp-lab CMD: error: ...`, on stderr."""
-    assert cli_main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"mtp-lab {argv[0]}: error: "), err
-    return err
 
 
 # ---------------------------------------------------------------- output paths, flags: refused before any work

@@ -17,6 +17,7 @@ import threading
 
 import pytest
 import torch
+from cli_errors import one_line_error
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -50,26 +51,6 @@ def run(sample_root, tmp_path_factory):
         model, tok = load_pretrained(tmp / "run")
         save_model(tmp / "model", model, tok)
         yield args, tmp / "run", tmp / "model"
-
-
-@pytest.fixture
-def no_long_work(monkeypatch):
-    """Loading a corpus or a model, or measuring anything, fails the test: the checks must come first."""
-    def boom(*args, **kwargs):
-        raise AssertionError("long work started before the bad input was refused")
-    for module, name in ((mtp_lab.data, "build_corpus"), (mtp_lab.checkpoint, "load_pretrained"),
-                         (mtp_lab.bench, "heldout_prompts"), (mtp_lab.bench, "random_setup"),
-                         (mtp_lab.fp8_bench, "quantization_table")):
-        monkeypatch.setattr(module, name, boom)
-
-
-def one_line_error(capsys, argv) -> str:
-    """Run the command; it must exit 2 with exactly one line, `mtp-lab CMD: error: ...`, on stderr."""
-    code = cli_main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "\n" not in err and err.startswith(f"mtp-lab {argv[0]}: error: "), err
-    return err
 
 
 def snapshot(*folders) -> dict:
