@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from cli_errors import one_line_error
+from cli_errors import one_line_error, train_tiny_run
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -34,11 +34,7 @@ def run(sample_root, tmp_path_factory):
     """(train arguments without --out, a finished 2-step tiny run with a checkpoint at each step)."""
     tmp = tmp_path_factory.mktemp("cli")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MTP_LAB_CACHE", str(tmp / "cache"))
-        args = ["train", "--preset", "tiny", "--root", str(sample_root), "--tokenizer", str(tmp / "tok.json"),
-                "--vocab-size", "300", "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1",
-                "--threads", "1"]
-        assert cli_main(args + ["--out", str(tmp / "run"), "--steps", "2", "--save-interval", "1"]) == 0
+        args = train_tiny_run(mp, tmp, sample_root)
         yield args, tmp / "run"
 
 
