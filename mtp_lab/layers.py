@@ -42,16 +42,25 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, H, T, hd) at absolute positions start..start+T-1, or at `positions` (T,) when given (a tree of
-        drafts: each node sits at the prefix length plus its depth)."""
-        T = x.shape[-2]
+    def tables(self, start: int, T: int, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (T, hd), for absolute positions start..start+T-1, or for `positions` (T,) when given (a
+        tree of drafts: each node sits at the prefix length plus its depth). A caller looks them up once per forward
+        and hands them to every layer."""
         pos = slice(start, start + T) if positions is None else positions
-        cos = self.cos[pos].to(x.dtype)  # (T, hd)
-        sin = self.sin[pos].to(x.dtype)
+        return self.cos[pos], self.sin[pos]
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, T, hd) rotated by the tables of its T positions."""
+        if cos.dtype != x.dtype:
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
         return x * cos + rotated * sin
+
+    def forward(self, x: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H, T, hd) at absolute positions start..start+T-1, or at `positions` (T,) when given."""
+        return self.rotate(x, *self.tables(start, x.shape[-2], positions))
 
 
 class KVCache:
@@ -114,27 +123,28 @@ class CausalSelfAttention(nn.Module):
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """attn_mask (T, start + T), True = may attend: the causal_mask of this call when the caller built it once
-        for all its layers, or a tree mask (each draft sees the prefix and its ancestors) with its `positions`."""
+        for all its layers, or a tree mask (each draft sees the prefix and its ancestors); rope: the (cos, sin)
+        tables of this call's positions (RotaryEmbedding.tables; a tree's come from its position ids), looked up
+        here from the cache length when not given."""
         B, T, C = x.shape
         start = cache.length if cache is not None else 0
+        cos, sin = rope if rope is not None else self.rope.tables(start, T)
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         v = self.wv(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        q, k = self.rope(q, start, positions), self.rope(k, start, positions)
+        q, k = self.rope.rotate(q, cos, sin), self.rope.rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)                                           # (B, H, start+T, hd)
-        if positions is not None:  # a tree: the caller's mask, whatever the shape
+        if attn_mask is not None:  # the caller's mask: a chain after a cached prefix, or a tree
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         elif k.shape[2] == T:      # no earlier positions: the ordinary square causal mask
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif T == 1:               # one new query sees every cached key
             y = F.scaled_dot_product_attention(q, k, v)
         else:                      # several new queries after a cached prefix: lower-right mask
-            if attn_mask is None:
-                attn_mask = causal_mask(T, k.shape[2], x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.shape[2], x.device))
         return self.wo(y.transpose(1, 2).reshape(B, T, C))                      # (B, T, C)
 
 
@@ -162,6 +172,6 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache, attn_mask, positions)
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache, attn_mask, rope)
         return x + self.ffn(self.ffn_norm(x))

@@ -54,8 +54,9 @@ class MTPModule(nn.Module):
         (21)  h'^k_i = M_k [enorm(Emb(t_{i+k})) ; hnorm(h^{k-1}_i)]     (checkpoint order)
         """
         h = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h_prev)], dim=-1))  # (B, T', C)
+        rope = None if positions is None else self.block.attn.rope.tables(0, h.shape[1], positions)
         # (22)  h^k_{1:T-k} = TRM_k(h'^k_{1:T-k})
-        return self.block(h, cache, mask, positions)
+        return self.block(h, cache, mask, rope)
 
 
 @dataclass
@@ -119,8 +120,9 @@ class MTPModel(nn.Module):
         T, start = tokens.shape[1], cache.length if cache is not None else 0
         if mask is None and start and T > 1:   # verification of a chain: one lower-right mask for every layer
             mask = causal_mask(T, start + T, tokens.device)                        # (T, start + T)
+        rope = self.layers[0].attn.rope.tables(start, T, positions) if self.layers else None   # one lookup, all layers
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache.main[i] if cache is not None else None, mask, positions)
+            x = layer(x, cache.main[i] if cache is not None else None, mask, rope)
         h_norm = self.norm(x)
         return self.head(h_norm), self.feed_state(x, h_norm)
 
