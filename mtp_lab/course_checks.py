@@ -529,27 +529,31 @@ def _tree_walk(fn) -> str:
             "given the tokens before it, so the tree is lossless whatever its shape.")
 
 
-@exercise("tree_size", "09", "expected tokens per step = the token the target always adds plus the acceptance "
-                             "chances of the nodes you verify; cost = the drafter's calls plus ONE verify forward, "
-                             "and that forward also carries the root. Try every size, keep the best rate.")
+@exercise("tree_size", "09", "expected tokens of the nodes you verify minus r times what the verify forward costs; "
+                             "that forward also carries the root, so N nodes cost v(N + 1) = v[N]. Try every N "
+                             "from 0, keep the best value (the first on ties).")
 def _tree_size(fn) -> str:
     flat = [1.0, 1.02, 1.05, 1.1, 1.3, 1.45, 1.6, 1.8, 2.0]          # v(1), v(2), ...: flat, then rising
     steady = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8]
-    for scores, v, c, calls in (([0.9, 0.8, 0.6, 0.3, 0.2, 0.1, 0.05], flat, 0.1, 3),
-                                ([0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05], steady, 0.3, 1),
-                                ([0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05], steady, 0.0, 4)):
-        rate = [(1 + sum(scores[:n])) / (calls * c + v[n]) for n in range(len(scores) + 1)]
-        want = max(range(len(rate)), key=rate.__getitem__)
-        got = call(fn, scores, v, c, calls)
+    jump = [1.0, 1.05, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9]
+    for scores, v, r in (([0.9, 0.8, 0.6, 0.3, 0.2, 0.1, 0.05], flat, 2.5),
+                         ([0.9, 0.9, 0.9, 0.25, 0.25, 0.25, 0.25], steady, 2.0),
+                         ([0.3, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15], steady, 2.0),
+                         ([0.9, 0.3], jump, 2.0)):
+        value = [sum(scores[:n]) - r * v[n] for n in range(len(scores) + 1)]
+        want = max(range(len(value)), key=value.__getitem__)
+        got = call(fn, scores, v, r)
         if isinstance(got, float) and not float(got).is_integer():
-            raise Wrong("return the number of nodes to verify (an int), not the rate it reaches")
+            raise Wrong("return the number of nodes to verify (an int), not the value it reaches")
         if got != want:
-            no_root = [(1 + sum(scores[:n])) / (calls * c + v[max(n - 1, 0)]) for n in range(len(scores) + 1)]
-            no_bonus = [sum(scores[:n]) / (calls * c + v[n]) for n in range(len(scores) + 1)]
-            if got == max(range(len(rate)), key=no_root.__getitem__) != want:
-                raise Wrong(f"tree_size(..., c={c}) = {got}: the verify forward of n nodes also carries the root, "
-                            f"one token more")
-            if got == max(range(len(rate)), key=no_bonus.__getitem__) != want:
-                raise Wrong(f"tree_size(..., c={c}) = {got}: every step also yields the target's own token")
-            raise Wrong(f"tree_size(scores, v, c={c}, calls={calls}) = {got}, expected {want}")
-    return "the size where expected tokens per unit of time peaks: TreeCost.best_size does this every step."
+            no_root = [sum(scores[:n]) - r * v[max(n - 1, 0)] for n in range(len(scores) + 1)]
+            ratio = [(1 + sum(scores[:n])) / v[n] for n in range(len(scores) + 1)]
+            if got == max(range(len(value)), key=no_root.__getitem__) != want:
+                raise Wrong(f"tree_size(..., r={r}) = {got}: the verify forward of N nodes also carries the root, "
+                            f"so it costs v[N], not v[N - 1]")
+            if got == max(range(len(value)), key=ratio.__getitem__) != want:
+                raise Wrong(f"tree_size(..., r={r}) = {got}: that is the best rate of this step alone; weigh each "
+                            f"node against r, the rate the whole generation already reaches")
+            raise Wrong(f"tree_size({scores}, v, r={r}) = {got}, expected {want}")
+    return ("a node is worth its place when it brings more than r times what it costs: TreeCost.best_size does "
+            "this every step, with r measured as the generation runs.")

@@ -391,8 +391,7 @@ def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, par
         else:                         # deterministic candidates: y ~ p at each node, follow the child equal to y
             path, nxt = tree_accept(drafts, parents, p, params, gen)
             n_acc, u = len(path), torch.zeros(0)
-            for c in cache.main:      # the root and the accepted path move to consecutive positions
-                keep_path(c, start, [0] + [i + 1 for i in path])
+            keep_path(cache.main, start, [0] + [i + 1 for i in path])   # root and path to consecutive positions
             hidden = hidden[:, [0] + [i + 1 for i in path]]
         emitted = [drafts[i] for i in path] + [nxt]
         if eos_id is not None and eos_id in emitted:

@@ -199,15 +199,21 @@ class NGramDrafter:
     def start(self, cache: ModelCache) -> None:
         pass
 
-    def lookup(self, tokens: list[int], k: int) -> list[int]:
-        """Up to k tokens that followed the latest earlier match of the longest matching suffix n-gram."""
+    def match(self, tokens: list[int], k: int) -> tuple[int, list[int]]:
+        """(n, continuation): the longest suffix n-gram that occurred earlier (0 if none) and up to k tokens that
+        followed its latest earlier occurrence. A longer match is a more reliable continuation (tree.TreeDrafter
+        scores it by n)."""
         L = len(tokens)
         for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
             suffix = tokens[L - n:]
             for s in range(L - n - 1, -1, -1):            # latest match first, never the suffix itself
                 if tokens[s:s + n] == suffix:
-                    return tokens[s + n:s + n + k]
-        return []
+                    return n, tokens[s + n:s + n + k]
+        return 0, []
+
+    def lookup(self, tokens: list[int], k: int) -> list[int]:
+        """Up to k tokens that followed the latest earlier match of the longest matching suffix n-gram."""
+        return self.match(tokens, k)[1]
 
     def propose(self, tokens: list[int], k: int, params: SamplingParams,
                 generator: torch.Generator | None = None) -> Draft:

@@ -14,7 +14,8 @@ forward. Acceptance with deterministic children (the drafter's top-b, an n-gram 
 Every emitted token is a draw from the target given the tokens before it, so the output is distributed exactly as
 the main model's own samples; greedy (y = argmax) gives the greedy output token for token. The acceptance at a
 node is sum_{children c} p(c): more siblings, more of p covered. Afterwards every KV cache keeps the root and the
-accepted path only, moved to consecutive positions (keep_path): not a prefix of the flattened node order.
+accepted path only, moved to consecutive positions (keep_path); the nodes come depth-first, best child first, so the
+likeliest path is a prefix of the entries and then costs no copy.
 
 Costs (one thread on a CPU, batch 1): the verify forward of n tokens costs v(n) AR-token times and every module call
 of the drafter c; `measure_costs` times both, `TreeDrafter(cost=...)` uses them to size each step's tree.
@@ -22,6 +23,7 @@ of the drafter c; `measure_costs` times both, `TreeDrafter(cost=...)` uses them 
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from dataclasses import dataclass
@@ -60,13 +62,19 @@ def ancestor_mask(parents: list[int], prefix: int, new: int | None = None, devic
     return mask, torch.from_numpy(depth[N - new:]).to(device)
 
 
-def keep_path(cache: KVCache, start: int, keep: list[int]) -> None:
-    """Roll a cache back to one path: entries start + keep[i] (ascending) move to start + i, the rest is dropped."""
+def keep_path(caches: KVCache | list[KVCache], start: int, keep: list[int]) -> None:
+    """Roll caches back to one path: entries start + keep[i] (ascending) move to start + i, the rest is dropped.
+
+    One index serves every cache given (the engine passes all main layers); a path that is already a prefix of the
+    entries (the tree's best branch comes first in depth-first order) costs no copy."""
+    caches = [caches] if isinstance(caches, KVCache) else caches
     if keep != list(range(len(keep))):
-        idx = torch.tensor(keep, device=cache.k.device) + start
-        cache.k[:, :, start:start + len(keep)] = cache.k[:, :, idx]
-        cache.v[:, :, start:start + len(keep)] = cache.v[:, :, idx]
-    cache.truncate(start + len(keep))
+        idx = torch.tensor(keep, device=caches[0].k.device) + start
+        for cache in caches:
+            cache.k[:, :, start:start + len(keep)] = cache.k[:, :, idx]
+            cache.v[:, :, start:start + len(keep)] = cache.v[:, :, idx]
+    for cache in caches:
+        cache.truncate(start + len(keep))
 
 
 def tree_accept(tokens: list[int], parents: list[int], p: torch.Tensor, params: SamplingParams,
@@ -93,6 +101,7 @@ class TreeCost:
     """Measured costs in AR-token times (one main-model forward of one token = 1): the cost model of a step."""
     c: float                         # one MTP module call of the drafter (a few entries at once)
     v: tuple[float, ...]             # v[n-1]: one verify forward of n tokens after a cached prefix, n = 1..len(v)
+    ar_ms: float = float("nan")      # the AR-token time they were measured against, in process CPU ms (NaN: unknown)
 
     def verify(self, n: int) -> float:
         """v(n); beyond the measured range, extrapolated linearly from the last two points."""
@@ -100,30 +109,71 @@ class TreeCost:
             return self.v[n - 1]
         return self.v[-1] + (n - len(self.v)) * (self.v[-1] - self.v[-2])
 
-    def best_size(self, scores: list[float], calls: int) -> int:
-        """How many of the best nodes (scores: descending acceptance estimates) to verify: argmax over N of
-            (1 + sum of the N best scores) / (calls c + v(N + 1))     expected tokens per AR-token time."""
-        best, best_rate, gain = 0, 1.0 / (calls * self.c + self.verify(1)), 1.0
+    def best_size(self, scores: list[float], calls: int, rate: float | None = None) -> int:
+        """How many of the best nodes (scores: descending acceptance estimates) to verify.
+
+        Without `rate`: argmax over N of  (1 + sum of the N best scores) / (calls c + v(N + 1)), this step's expected
+        tokens per AR-token time. With the rate r the generation reaches (tokens per AR-token time): argmax over N of
+            sum of the N best scores - r v(N + 1)
+        a node is verified when it brings more than r times what it costs. This maximises the rate of the whole
+        generation, not of one step (renewal-reward): a confident step grows a bigger tree, a doubtful one a smaller
+        tree, where the per-step ratio does the opposite."""
+        if rate is None:
+            best, best_rate, gain = 0, 1.0 / (calls * self.c + self.verify(1)), 1.0
+            for n, s in enumerate(scores, start=1):
+                gain += s
+                r = gain / (calls * self.c + self.verify(n + 1))
+                if r > best_rate:
+                    best, best_rate = n, r
+            return best
+        best, best_value, gain = 0, -rate * self.verify(1), 0.0
         for n, s in enumerate(scores, start=1):
             gain += s
-            rate = gain / (calls * self.c + self.verify(n + 1))
-            if rate > best_rate:
-                best, best_rate = n, rate
+            value = gain - rate * self.verify(n + 1)
+            if value > best_value:
+                best, best_value = n, value
         return best
+
+
+Q_BINS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)   # bin edges of the drafter's q
+RUN_BINS = (1, 2, 4, 8)             # bin edges of an n-gram node's place in its branch (0: the first)
+
+
+class Acceptance:
+    """Running acceptance rates by key (a node's kind: MTP module and q bin, or n-gram match length), each pulled
+    toward a prior by one pseudo-observation: how often a node of that kind was accepted once its parent was."""
+
+    def __init__(self):
+        self.counts: dict[tuple, list[float]] = {}       # key -> [accepted, reached]
+
+    def rate(self, key: tuple, prior: float) -> float:
+        accepted, reached = self.counts.get(key, (0.0, 0.0))
+        return (accepted + prior) / (reached + 1.0)
+
+    def add(self, key: tuple, accepted: bool) -> None:
+        counts = self.counts.setdefault(key, [0.0, 0.0])
+        counts[0] += accepted
+        counts[1] += 1
 
 
 class TreeDrafter:
     """A tree of MTP drafts: at each depth the `width` best nodes (by path score) get their `top_b` most likely
     tokens as children; the `budget` best nodes are verified (EAGLE-2's rerank). Options: `ngram` adds the prompt
     lookup's continuation as a branch (merged where it meets an MTP node; hybrid); `cost` sizes each step's tree
-    and stops drafting early from the cost model (adaptive).
+    and stops drafting early from the cost model (adaptive): with r the rate the generation reaches (tokens per
+    AR-token time, measured), a step verifies the N best nodes maximising sum of scores - r v(N + 1)
+    (TreeCost.best_size), and drafts another MTP level only if its expected children (the frontier's scores times
+    the running children-to-parent score ratio at that depth) raise that value by more than r c.
 
-    Path score of a node = its parent's score times its estimated chance of acceptance once the parent is reached:
-    for an MTP node min(1, f q) with q the drafter's probability (softmax of its logits, the temperature ignored: a
-    ranking, not the q of speculative sampling) and f the running ratio accepted / sum of q over the MTP nodes whose
-    parent was reached (calibration), for an n-gram node the running acceptance of such n-gram nodes. Scores fall
-    along a path, so the best nodes form a tree. With `ngram`, prompt lookup continues both the root and the best
-    deepest MTP node (staged: the MTP modules draft `mtp_steps` levels, the lookup goes on to depth k for free).
+    Path score of a node = its parent's score times its estimated chance of acceptance once the parent is reached,
+    the running acceptance of its kind (Acceptance): for an MTP node, nodes of the same module whose q fell in the
+    same bin (q: the drafter's probability, softmax of its logits, the temperature ignored: a ranking, not the q of
+    speculative sampling); for an n-gram node, nodes from a match of the same length n at a like place in their
+    branch (a long match copies reliably, a 1-gram guesses; a copy that has held for 8 tokens tends to go on); a
+    node both propose is a kind of its own (module, q bin, n). Every drafted child of a node the walk reached is
+    labelled, verified or not (_learn). Scores fall along a path, so the best nodes form a tree. With `ngram`,
+    prompt lookup continues both the root and the best deepest MTP node (staged: the MTP modules draft `mtp_steps`
+    levels, the lookup goes on to depth k for free).
 
     Module j at tree node x (depth e) sits at position n - j + e and reads t_{n+e} = x, with h^{j-1} = module j-1's
     state at x's parent (the training computation, as the chain MTPDrafter); past depth D, module D runs again with
@@ -146,11 +196,13 @@ class TreeDrafter:
         self.recycle = recycle or "feed"
         self.depth = len(model.mtp)                                              # D
         self.mtp_steps = None if mtp_steps is None else check_int("mtp_steps", mtp_steps, minimum=1)
-        self.ngram_hits = [1.0, 2.0]          # n-gram nodes accepted, reached (a prior of 1/2), for their score
-        self.mtp_hits = [1.0, 1.0]            # MTP nodes accepted, sum of q over those reached: the calibration f
+        self.hits = Acceptance()              # the scores' calibration: acceptance once the parent is reached
+        self.level = {}                       # depth d -> [sum, count] of the children's scores / their parent's
+        self.made = [2.0, 1.0]                # tokens emitted, AR-token times spent (a prior of rate 2): the rate r
 
     def start(self, cache: ModelCache) -> None:
         self.cache = cache
+        self.walked: list[int] = []          # the root and the accepted nodes of the last verified tree
         self.pending: list[torch.Tensor | None] = [None] * (self.depth + 2)   # [j]: h^{j-1} not yet fed to module j
         self.drafted = False
 
@@ -204,12 +256,14 @@ class TreeDrafter:
         self.calls += 1
         return logits[0]                                                           # (n_last, V)
 
-    def _add(self, tok: int, par: int, score: float, src: str, q: float = 0.0) -> int:
+    def _add(self, tok: int, par: int, cond: float, src: str, q: float = 0.0) -> int:
+        """A node under par (-1: the root) accepted with chance cond once par is: its score is par's times cond."""
         self.q.append(q)
         self.tok.append(tok)
         self.par.append(par)
         self.dep.append(self.dep[par] + 1 if par >= 0 else 1)
-        self.score.append(score)
+        self.cond.append(cond)
+        self.score.append((self.score[par] if par >= 0 else 1.0) * cond)
         self.src.append(src)
         self.kids[par][tok] = len(self.tok) - 1
         return len(self.tok) - 1
@@ -222,16 +276,19 @@ class TreeDrafter:
         self.room = self.cache.main[0].max_len - len(tokens)
         if k == 0 or n < D or self.room < 1:   # module D needs position n - D: too short a context, draft nothing
             return Draft([], torch.empty(0, V), None, forwards=0)
+        if self.walked:
+            self._learn(tokens)
+        self.clock = time.process_time()
         self.n, self.seq, self.calls = n, tokens, 0
         self.mod = [{"entries": [], "state": {}}] + [{"entries": [], "state": {}} for _ in range(D)]
-        self.tok, self.par, self.dep, self.score, self.src, self.q = [], [], [], [], [], []
+        self.tok, self.par, self.dep, self.score, self.src, self.q, self.cond = [], [], [], [], [], [], []
+        self.key: dict[int, tuple] = {}                       # node -> its calibration key (Acceptance)
         self.kids = _Kids()                                      # node -> {token: child}; the root is -1
-        probs_of: dict[int, torch.Tensor] = {}                   # node -> the drafter's distribution it was picked from
+        probs_of: dict[int, torch.Tensor] = {}                   # MTP node -> the distribution it was picked from
         frontier, used = [-1], 0
-        f = self.mtp_hits[0] / self.mtp_hits[1]
         for d in range(min(k, self.mtp_steps or k)):
             j = min(d + 1, D)
-            if self.cost is not None and d > 0 and not self._worth_another(frontier):
+            if self.cost is not None and d > 0 and not self._worth_another(frontier, d):
                 break
             need = sorted({a for x in frontier for a in self._path(x) if a not in self.mod[j]["index"]}
                           if self.mod[j]["entries"] else {a for x in frontier for a in self._path(x)},
@@ -241,11 +298,16 @@ class TreeDrafter:
             q = torch.softmax(logits.float(), dim=-1)                              # (F, V)
             top_p, top_i = q.topk(self.top_b, dim=-1)                              # (F, b)
             children = []
+            level = self.level.setdefault(d, [0.0, 0.0])
             for i, x in enumerate(frontier):
-                base = self.score[x] if x >= 0 else 1.0
+                level[1] += 1
                 for s, t in zip(top_p[i].tolist(), top_i[i].tolist(), strict=True):
+                    key = self._mtp_key(d + 1, s)
+                    a = self.hits.rate(key, prior=s)
+                    level[0] += a
                     if len(self.tok) < self.room:
-                        children.append(self._add(t, x, base * min(1.0, f * s), "mtp", s))
+                        children.append(self._add(t, x, a, "mtp", s))
+                        self.key[children[-1]] = key
                         probs_of[children[-1]] = q[i]
             frontier = sorted(sorted(children, key=lambda c: -self.score[c])[:self.width])   # rows in entry order
             if not frontier:
@@ -253,14 +315,25 @@ class TreeDrafter:
         if self.ngram is not None:
             starts = [-1] + ([max(frontier, key=lambda c: self.score[c])] if frontier and frontier != [-1] else [])
             for x in starts:
-                self._add_ngram(x, tokens, k, probs_of, V)
+                self._add_ngram(x, tokens, k)
+            for x, par in enumerate(self.par):          # merged nodes changed their cond: rescore, parents first
+                self.score[x] = (self.score[par] if par >= 0 else 1.0) * self.cond[x]
         keep = self._select()
         self.used, self.drafted, self.kept_order = used, True, keep
         index = {x: i for i, x in enumerate(keep)}
         device = self.draft_model.head.weight.device
-        probs = torch.stack([probs_of[x] for x in keep]) if keep else torch.empty(0, V)
-        return Draft([self.tok[x] for x in keep], probs.to(device), None, forwards=self.calls,
+        probs = torch.zeros(len(keep), V, device=device)         # an n-gram node's row: one-hot on its token
+        for i, x in enumerate(keep):
+            if x in probs_of:
+                probs[i] = probs_of[x]
+            else:
+                probs[i, self.tok[x]] = 1.0
+        return Draft([self.tok[x] for x in keep], probs, None, forwards=self.calls,
                      parents=[index.get(self.par[x], -1) for x in keep], sources=[self.src[x] for x in keep])
+
+    def _mtp_key(self, depth: int, q: float) -> tuple:
+        """An MTP node's calibration key: its module (D + 1 for the recycled levels) and its q bin."""
+        return "mtp", min(depth, self.depth + 1), bisect.bisect(Q_BINS, q)
 
     def _path(self, x: int) -> list[int]:
         """x and its ancestors (tree nodes, not the root)."""
@@ -270,27 +343,32 @@ class TreeDrafter:
             x = self.par[x]
         return out
 
-    def _add_ngram(self, x: int, tokens: list[int], k: int, probs_of: dict, V: int) -> None:
+    def _add_ngram(self, x: int, tokens: list[int], k: int) -> None:
         """The prompt lookup's continuation after node x (-1: the root) as a branch, up to depth k, merged into the
         nodes that already hold its tokens."""
-        r = self.ngram_hits[0] / self.ngram_hits[1]
         path = [self.tok[a] for a in reversed(self._path(x))]
-        for t in self.ngram.lookup(tokens + path, k - len(path)):
-            score = (self.score[x] if x >= 0 else 1.0) * r
+        n, continuation = self.ngram.match(tokens + path, k - len(path))
+        for i, t in enumerate(continuation):
+            base = self.score[x] if x >= 0 else 1.0
+            key = ("ngram", n, bisect.bisect(RUN_BINS, i))
+            a = self.hits.rate(key, prior=0.5)
             child = self.kids[x].get(t)
             if child is None:
                 if len(self.tok) >= self.room:
                     break
-                child = self._add(t, x, score, "ngram")
-                probs_of[child] = torch.nn.functional.one_hot(torch.tensor(t), V).float()
-            else:
+                child = self._add(t, x, a, "ngram")
+                self.key[child] = key
+            elif self.src[child] == "mtp":           # both sources agree: a kind of its own, more reliable than either
                 self.src[child] = "mtp+ngram"
-                self.score[child] = max(self.score[child], score)
+                self.key[child] = ("both",) + self._mtp_key(self.dep[child], self.q[child])[1:] + (n,)
+                self.cond[child] = self.hits.rate(self.key[child], prior=max(a, self.cond[child]))
+                self.score[child] = base * self.cond[child]
             x = child
 
     def _select(self) -> list[int]:
         """The nodes to verify: the best by score (ancestors always before their descendants), at most `budget`,
-        as many as the cost model finds worth it; returned parents first."""
+        as many as the cost model finds worth it; returned in depth-first order, the best child first, so that the
+        likeliest path is a prefix of the entries (keep_path then only truncates)."""
         order = sorted(range(len(self.tok)), key=lambda x: (-self.score[x], self.dep[x], x))
         chosen: set[int] = set()
         ranked = []
@@ -301,21 +379,51 @@ class TreeDrafter:
                 chosen.add(x)
                 ranked.append(x)
         if self.cost is not None:
-            ranked = ranked[:self.cost.best_size([self.score[x] for x in ranked], self.calls)]
-        return sorted(ranked, key=lambda x: (self.dep[x], x))
+            ranked = ranked[:self.cost.best_size([self.score[x] for x in ranked], self.calls, self.rate)]
+        kids: dict[int, list[int]] = {}
+        for x in ranked:                                  # best first under each parent
+            kids.setdefault(self.par[x], []).append(x)
+        order, stack = [], kids.get(-1, [])[::-1]
+        while stack:                                      # depth-first, best child first: the likeliest path leads
+            x = stack.pop()
+            order.append(x)
+            stack += kids.get(x, [])[::-1]
+        return order
 
-    def _worth_another(self, frontier: list[int]) -> bool:
-        """Adaptive depth: one more module call adds at most the frontier's scores in expected tokens; draft it only
-        if that raises the expected tokens per AR-token time of the best tree so far."""
+    @property
+    def rate(self) -> float:
+        """r: tokens per AR-token time over the steps this drafter has drafted (time.process_time from the proposal
+        to the commit, so drafting, verifying and the engine's acceptance, in units of cost.ar_ms; the modelled cost
+        calls c + v(N + 1) when ar_ms is unknown)."""
+        return self.made[0] / self.made[1]
+
+    def _value(self, scores: list[float], calls: int) -> float:
+        """Expected tokens of the best tree of these scores after `calls` module calls, less r times its cost."""
+        n = self.cost.best_size(scores, calls, self.rate)
+        return 1 + sum(scores[:n]) - self.rate * (calls * self.cost.c + self.cost.verify(n + 1))
+
+    def _worth_another(self, frontier: list[int], d: int) -> bool:
+        """Adaptive depth: one more module call gives each frontier node children whose scores sum to its own times
+        the running mean of that ratio at depth d (self.level); draft it only if the best tree then brings more
+        beyond r times its cost."""
         scores = sorted(self.score, reverse=True)[:self.budget]
-        n_now = self.cost.best_size(scores, self.calls)
-        gain_now = 1 + sum(scores[:n_now])
-        rate_now = gain_now / (self.calls * self.cost.c + self.cost.verify(n_now + 1))
-        extra = min(len(frontier) * self.top_b, self.budget)
-        gain = gain_now + sum(self.score[x] for x in frontier)
-        return gain / ((self.calls + 1) * self.cost.c + self.cost.verify(n_now + extra + 1)) > rate_now
+        total, count = self.level.get(d, [0.0, 0.0])
+        ratio = (total + 1.0) / (count + 1.0)             # a prior of 1: an unseen depth gets drafted once
+        later = sorted(scores + [self.score[x] * ratio for x in frontier], reverse=True)[:self.budget]
+        return self._value(later, self.calls + 1) > self._value(scores, self.calls)
 
     # ------------------------------------------------------------------ after verification
+
+    def _learn(self, tokens: list[int]) -> None:
+        """Calibrate on every node drafted last step whose parent was reached, verified or not: at the i-th reached
+        node the walk emitted tokens[n + 1 + i] (its draw y, whether or not it matched a child), and a child would
+        have been accepted iff it holds that token. So a node the cost model left out is still labelled, and no
+        kind of node is starved of data by being scored low."""
+        emitted = tokens[self.n + 1:]
+        for i, node in enumerate(self.walked[:len(emitted)]):
+            for x in self.kids[node].values():
+                self.hits.add(self.key[x], self.tok[x] == emitted[i])
+        self.walked = []
 
     def commit(self, hidden: torch.Tensor, n_kept: int, path: list[int] | None = None) -> None:
         """hidden (1, T_new, C): main states of the newly kept positions; path: the kept nodes of the last Draft."""
@@ -325,15 +433,11 @@ class TreeDrafter:
             return
         self.drafted = False
         keep_nodes = [self.kept_order[i] for i in (path or [])[:n_kept]]
-        on_path = {-1, *keep_nodes}
-        for x in self.kept_order:                         # nodes whose parent was reached: accepted or not
-            if self.par[x] in on_path:
-                if "ngram" in self.src[x]:
-                    self.ngram_hits[0] += x in on_path
-                    self.ngram_hits[1] += 1
-                if self.src[x] != "ngram":
-                    self.mtp_hits[0] += x in on_path
-                    self.mtp_hits[1] += self.q[x]
+        self.walked = [-1] + keep_nodes                   # labelled by the next proposal, which sees the tokens
+        if self.cost is not None:                         # the step's tokens and cost, for the rate r
+            self.made[0] += n_kept + 1
+            self.made[1] += (1e3 * (time.process_time() - self.clock) / self.cost.ar_ms if self.cost.ar_ms > 0 else
+                             self.calls * self.cost.c + self.cost.verify(len(self.kept_order) + 1))
         kept_states = {}
         for j in range(1, self.used + 1):
             st = self.mod[j]
@@ -378,10 +482,12 @@ def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: in
     """The verify cost v(n), n = 1..max_n, and the draft cost c of one module call over `entries` tree entries, in
     AR-token times (v(1): one token after a cached prefix, the AR step), this process's threads.
 
-    The forward is the engine's: a tree mask (a chain) and position ids after a `prefix`-token cache. Each repeat
-    times every n once, in turn (so that load on a shared machine hits every n alike), in process CPU seconds (not
-    wall time: waiting for a core is not cost); the medians are returned as ms, and v = ms / ms(1) made
-    non-decreasing (`monotone`) as `v_fit`, the curve the cost model uses.
+    The forward is the engine's: a tree mask (a chain) and position ids after a `prefix`-token cache. c is timed as
+    the drafter spends it: one drafting step after a verify forward, modules 1..D and module D once more (the
+    recycled level), divided by its D + 1 calls. Each repeat times every job once, in turn (so that load on a shared
+    machine hits every n alike), in process CPU seconds (not wall time: waiting for a core is not cost); the medians
+    are returned as ms, and v = ms / ms(1) made non-decreasing (`monotone`) as `v_fit`, the curve the cost model
+    uses.
     """
     check_int("max_n", max_n, minimum=2)
     check_int("repeats", repeats, minimum=1)
@@ -389,13 +495,14 @@ def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: in
     if prefix + max_n > cfg.max_seq_len:
         raise ValueError(f"prefix + max_n = {prefix + max_n} exceeds max_seq_len {cfg.max_seq_len}; lower max_n")
     device = model.head.weight.device
+    D = len(model.mtp)
     g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(0, cfg.vocab_size, (1, prefix + max_n), generator=g).to(device)
+    toks = torch.randint(0, cfg.vocab_size, (1, prefix + max(max_n, D + entries)), generator=g).to(device)
     h = torch.randn(1, prefix + entries, cfg.d_model, generator=g).to(device)
     cache = model.new_cache()
     model.forward_main(toks[:, :prefix], cache)
-    if model.mtp:
-        model.forward_mtp(1, h[:, :prefix], toks[:, 1:prefix + 1], cache)        # module 1's committed prefix
+    for j in range(1, D + 1):                                                      # each module's committed prefix
+        model.forward_mtp(j, h[:, :prefix], toks[:, j:prefix + j], cache)
 
     def verify(n):
         mask, depth = ancestor_mask(list(range(-1, n - 1)), prefix, device=device)
@@ -404,10 +511,12 @@ def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: in
             c.truncate(prefix)
 
     def draft():
-        mask, depth = ancestor_mask([-1] * entries, prefix, device=device)
-        model.forward_mtp(1, h[:, prefix:], toks[:, prefix:prefix + entries], cache, last=entries, mask=mask,
-                          positions=prefix + depth)
-        cache.mtp[0].truncate(prefix)
+        for j in [*range(1, D + 1), D]:
+            mask, depth = ancestor_mask([-1] * entries, cache.mtp[j - 1].length, device=device)
+            model.forward_mtp(j, h[:, prefix:], toks[:, prefix:prefix + entries], cache, last=entries, mask=mask,
+                              positions=prefix + depth)
+        for c in cache.mtp:
+            c.truncate(prefix)
 
     jobs = [lambda n=n: verify(n) for n in range(1, max_n + 1)] + ([draft] if model.mtp else [])
     samples = [[] for _ in jobs]
@@ -418,6 +527,7 @@ def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: in
             times.append(time.process_time() - t0)
     ms = [1e3 * statistics.median(t[1:]) for t in samples]
     v_ms, c_ms = ms[:max_n], (ms[max_n] if model.mtp else float("nan"))
+    c_ms /= D + 1                                        # per module call
     v = [x / v_ms[0] for x in v_ms]
     return {"n": list(range(1, max_n + 1)), "ms": v_ms, "v": v, "v_fit": monotone(v), "c": c_ms / v_ms[0],
             "c_ms": c_ms, "ar_ms": v_ms[0], "entries": entries, "prefix": prefix, "repeats": repeats,
@@ -426,4 +536,4 @@ def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: in
 
 def tree_cost(measured: dict) -> TreeCost:
     """The TreeCost of a measure_costs result: c and the non-decreasing fit of v."""
-    return TreeCost(c=measured["c"], v=tuple(measured["v_fit"]))
+    return TreeCost(c=measured["c"], v=tuple(measured["v_fit"]), ar_ms=measured["ar_ms"])

@@ -61,8 +61,14 @@ def _walk_rows_off_by_one(tokens, parents, p, sample):
     return _walk(tokens, parents, torch.cat([p[:1], p]), sample)   # node i reads row i, the root's for node 0
 
 
-def _size(scores, v, c, calls, root=1, bonus=1):
-    rates = [(bonus + sum(scores[:n])) / (calls * c + v[n + root - 1]) for n in range(len(scores) + 1)]
+def _size(scores, v, r, root=1):
+    values = [sum(scores[:n]) - r * v[max(n + root - 1, 0)] for n in range(len(scores) + 1)]
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def _size_of_one_step(scores, v, r):
+    """The per-step ratio, which ignores r: the tempting wrong answer."""
+    rates = [(1 + sum(scores[:n])) / v[n] for n in range(len(scores) + 1)]
     return max(range(len(rates)), key=rates.__getitem__)
 
 
@@ -138,8 +144,8 @@ CASES = {
                            "NODES"), (_walk_rows_off_by_one, "root's row"), (_walk_resampling, "draw once"),
                           (lambda t, par, p, s: (_walk(t, par, p, s)[0], None), "without a token")]),
     "tree_size": (_size, [(lambda *a: _size(*a, root=0), "carries the root"),
-                          (lambda *a: _size(*a, bonus=0), "own token"),
-                          (lambda *a: float(_size(*a)) + 0.5, "not the rate")]),
+                          (_size_of_one_step, "this step alone"),
+                          (lambda *a: float(_size(*a)) + 0.5, "not the value")]),
     "lossless": (dict(LOSSLESS), [({**LOSSLESS, "Medusa typical acceptance": True}, "1 of 8 answers wrong"),
                                   ({"a": 1}, "keys"), ({**LOSSLESS, "Medusa typical acceptance": 0}, "True or False")]),
 }

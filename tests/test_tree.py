@@ -186,6 +186,49 @@ def test_cost_model_picks_the_best_size():
     assert TreeCost(c=0.1, v=(1.0, 1.01)).best_size([0.001], calls=1) == 0
 
 
+def test_rate_rule_grows_confident_trees_and_shrinks_doubtful_ones():
+    """Hand-derived, v(n) = 1 + 0.1 (n - 1), c = 0.1, one call. The rule with the generation's rate r = 2 verifies
+    exactly the nodes scoring above r dv = 0.2; the per-step ratio (1 + sum s) / (c + v(N + 1)) stops a confident
+    tree at 6 nodes (6.4 / 1.7 = 3.76 > 6.65 / 1.8) and takes every node of a doubtful one (it keeps rising)."""
+    cost = TreeCost(c=0.1, v=tuple(1.0 + 0.1 * n for n in range(40)))
+    confident, doubtful = [0.9] * 6 + [0.25] * 6, [0.3] + [0.15] * 7
+    assert cost.best_size(confident, calls=1, rate=2.0) == 12
+    assert cost.best_size(doubtful, calls=1, rate=2.0) == 1
+    assert cost.best_size(confident, calls=1) == 6
+    assert cost.best_size(doubtful, calls=1) == 8
+    # the root rides in every verify forward: N nodes cost v(N + 1) (0.9 - 2 * 1.05 > 1.2 - 2 * 1.3)
+    assert TreeCost(c=0.1, v=(1.0, 1.05, 1.3, 1.4)).best_size([0.9, 0.3], calls=1, rate=2.0) == 1
+
+
+def test_calibration_labels_every_drafted_child_of_a_reached_node(trained):  # noqa: F811
+    """The scores learn from every drafted node whose parent the walk reached, verified or not: at each reached node
+    (root, then the accepted path) a child counts as accepted iff it holds the token the walk emitted there. With a
+    budget of 2 most drafted nodes go unverified and must still be counted."""
+    drafter = TreeDrafter(trained, top_b=3, ngram=NGramDrafter(32), cost=COST, budget=2)
+    last, checked, unverified = None, 0, 0
+    for ev in speculative_steps(trained, [3, 6, 9, 12, 15, 18, 3, 6, 9], 24, num_draft=4, drafter=drafter):
+        counts = [sum(c[i] for c in drafter.hits.counts.values()) for i in (0, 1)]   # accepted, reached
+        if last is not None and ev.draft_tokens:   # this event's proposal labelled the tree of the last event
+            tok, par, prev, before = last
+            reached = [-1] + _path_nodes(tok, par, prev)
+            want = [sum(p in reached and tok[x] == prev.emitted[reached.index(p)] for x, p in enumerate(par)),
+                    sum(p in reached for p in par)]
+            assert [counts[0] - before[0], counts[1] - before[1]] == want
+            checked += 1
+            unverified += want[1] > len(prev.draft_tokens)
+        last = (list(drafter.tok), list(drafter.par), ev, counts) if ev.draft_tokens else None
+    assert checked >= 3 and unverified >= 1
+
+
+def _path_nodes(tok: list[int], par: list[int], ev) -> list[int]:
+    """The drafter's node ids of the accepted path of event ev, found by walking the drafted tree by token."""
+    nodes, node = [], -1
+    for t in ev.emitted[:ev.n_accepted]:
+        node = next(x for x, (tt, p) in enumerate(zip(tok, par, strict=True)) if p == node and tt == t)
+        nodes.append(node)
+    return nodes
+
+
 def test_measure_costs_is_sane():
     torch.manual_seed(0)
     model = MTPModel(get_preset("tiny")).eval()
