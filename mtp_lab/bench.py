@@ -246,7 +246,7 @@ def format_verify_cost(res: dict) -> str:
              "v(n)   " + " ".join(f"{res['v'][n - 1]:5.2f}" for n in ns),
              "fit    " + " ".join(f"{res['v_fit'][n - 1]:5.2f}" for n in ns),
              f"draft cost c = {res['c']:.3f} (one MTP module call over {res['entries']} tree entries, "
-             f"{res['c_ms']:.2f} ms)",
+             f"{res['c_ms']:.2f} ms: a drafting step's modules 1..D and D again after a verify forward, per call)",
              "largest tree (n = nodes + root) within v(n) <= " + ", ".join(
                  f"{x}: {n}" for x, n in res["largest_n_within"].items())]
     return "\n".join(lines)

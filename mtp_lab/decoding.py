@@ -299,7 +299,9 @@ def make_drafter(model: MTPModel, drafter: DrafterName | Drafter = "mtp", fp8_dr
     "mtp"); "ngram": prompt lookup; "mtp-tree": a top-2 tree of MTP drafts, 16 nodes at most (TreeDrafter); "hybrid":
     that tree, 4 MTP levels deep, with prompt lookup continuing the root and the best MTP leaf up to depth k;
     "adaptive": the hybrid tree with up to 32 nodes, its MTP depth and size chosen per step by the cost model
-    (`cost`, measured by tree.measure_costs on this machine when not given). For trees k is the maximum depth.
+    (`cost`, measured by tree.measure_costs on this machine when not given), each node weighed against the rate the
+    generation reaches (its drafts, not its output, then depend on timing: pass a TreeCost without ar_ms for drafts
+    that repeat exactly). For trees k is the maximum depth.
     """
     if not isinstance(drafter, str):
         if not isinstance(drafter, Drafter):

@@ -293,6 +293,11 @@ def test_ngram_lookup():
     # a match near the end proposes fewer tokens (the suffix itself never matches)
     assert d.lookup([4, 4, 4], 3) == [4]
     assert d.lookup([1, 2, 3], 2) == []
+    # match() also says how long the matched suffix was: the trees score a continuation by it
+    assert d.match([1, 2, 3, 9, 8, 0, 1, 2, 3], 3) == (3, [9, 8, 0])
+    assert d.match([5, 1, 6, 2, 6, 3, 7, 6], 2) == (1, [3, 7])
+    assert d.match([4, 4, 4], 3) == (2, [4])
+    assert d.match([1, 2, 3], 2) == (0, [])
 
 
 # ---------------------------------------------------------------- bad input
