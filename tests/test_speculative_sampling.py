@@ -24,7 +24,8 @@ from mtp_lab import (
     speculative_generate,
     speculative_steps,
 )
-from mtp_lab.drafters import Draft
+from mtp_lab.drafters import Draft, NGramDrafter
+from mtp_lab.tree import TreeCost, TreeDrafter
 
 pytestmark = pytest.mark.usefixtures("one_thread")      # tiny models: one thread is fastest
 
@@ -113,13 +114,20 @@ def run_engine(model, params, num_draft, drafter, runs, tokens_per_run):
     # with module 2 reused past D and, for the hybrid, an n-gram branch merged in
     (2, 4, "mtp-tree", SamplingParams(temperature=1.0), 8, 0.3),
     (1, 4, "hybrid", SamplingParams(temperature=0.9, top_k=5), 8, 0.3),
+    # the adaptive tree: its size and depth chosen per step from scores learned on past steps (a fixed cost model,
+    # so that the run repeats exactly); each step's tree depends on the past only, so the walk stays exact
+    (2, 6, "adaptive", SamplingParams(temperature=1.0), 8, 0.2),
 ])
 def test_emitted_tokens_follow_the_target_exactly(depth, num_draft, drafter, params, runs, min_tv):
     tokens_per_run = 960
     model = markov_model(depth)
     P = transitions(model, params)
-    seqs, events = run_engine(model, params, num_draft, TableDrafter() if drafter == "table" else drafter,
-                              runs, tokens_per_run)
+    if drafter == "table":
+        drafter = TableDrafter()
+    elif drafter == "adaptive":
+        drafter = TreeDrafter(model, ngram=NGramDrafter(V), budget=32,
+                              cost=TreeCost(c=0.1, v=tuple(1.0 + 0.05 * n for n in range(64))))
+    seqs, events = run_engine(model, params, num_draft, drafter, runs, tokens_per_run)
 
     first = torch.zeros(V, V, dtype=torch.float64)                            # C[a, b]
     second = torch.zeros(V, V, V, dtype=torch.float64)                        # C[a, b, c]
