@@ -160,8 +160,9 @@ print(f"chance to move on at the root: measured {1 - mine[:, V].sum().item() / n
 # %% [markdown]
 # Both distances are at the level of sampling noise with 20 000 draws (about 0.02 for a handful of outcomes), and the
 # chance to move on is the children's target mass. The package's exactness tests go further: on a model whose
-# target is a known Markov chain, the tree and hybrid drafters' emitted tokens pass chi-square tests on single tokens
-# and on pairs (`tests/test_speculative_sampling.py`), and greedy trees reproduce plain decoding token for token.
+# target is a known Markov chain, the emitted tokens of the tree, hybrid and adaptive drafters pass chi-square tests
+# on single tokens and on pairs (`tests/test_speculative_sampling.py`), and greedy trees reproduce plain decoding
+# token for token.
 
 # %% [markdown]
 # ### Exercise 1: the walk
