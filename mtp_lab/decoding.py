@@ -418,7 +418,7 @@ def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, par
             is_bonus=bool(drafts) and (path[-1] if path else -1) not in (parents or range(-1, len(drafts) - 1)),
             emitted=emitted, draft_time_s=t1 - t0, verify_time_s=t2 - t1,
             step_time_s=time.perf_counter() - t0, stop_reason=stop, parents=parents, path=path, sources=sources)
-        stats.record(event, draft_forwards=draft.forwards if drafts else 0)
+        stats.record(event, draft_forwards=draft.forwards if draft is not None else 0)   # calls made, kept or not
         yield event
         index += 1
     stats.wall_time_s = time.perf_counter() - t_start

@@ -179,6 +179,24 @@ def test_hybrid_records_sources_and_adaptive_sizes_the_tree(trained):  # noqa: F
     assert sizes["dear"] < sizes["cheap"]
 
 
+def test_draft_forwards_count_the_calls_of_steps_that_verify_nothing(trained):  # noqa: F811
+    """A tree whose nodes are all judged not worth verifying still cost its module calls: the stats count them (the
+    bench's c and calls per forward come from them)."""
+    dear = TreeDrafter(trained, ngram=NGramDrafter(32), budget=32,
+                       cost=TreeCost(c=0.1, v=tuple(1.0 + 0.5 * n for n in range(64))))
+    made, propose = [], dear.propose
+
+    def counting(*args, **kwargs):
+        draft = propose(*args, **kwargs)
+        made.append((draft.forwards, len(draft.tokens)))
+        return draft
+
+    dear.propose = counting
+    out = speculative_generate(trained, [5, 8, 11, 14, 17, 20, 5, 8, 11], 30, num_draft=6, drafter=dear)
+    assert out.stats.draft_forwards == sum(f for f, _ in made)
+    assert any(f > 0 and n == 0 for f, n in made)          # such steps happened
+
+
 def test_cost_model_picks_the_best_size():
     cost = TreeCost(c=0.1, v=(1.0, 1.0, 1.0, 2.0, 3.0))
     assert cost.best_size([0.9, 0.8, 0.1, 0.1], calls=1) == 2      # v jumps at 4 tokens: two nodes
