@@ -24,6 +24,7 @@ of the drafter c; `measure_costs` times both, `TreeDrafter(cost=...)` uses them 
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import check_int
+from .config import check_int, check_number
 from .drafters import Draft, NGramDrafter, Recycle
 from .layers import KVCache
 from .model import ModelCache, MTPModel
@@ -103,29 +104,29 @@ class TreeCost:
     v: tuple[float, ...]             # v[n-1]: one verify forward of n tokens after a cached prefix, n = 1..len(v)
     ar_ms: float = float("nan")      # the AR-token time they were measured against, in process CPU ms (NaN: unknown)
 
+    def __post_init__(self) -> None:
+        check_number("TreeCost.c", self.c, note=" (one module call, in AR-token times)")
+        if len(self.v) < 2:
+            raise ValueError(f"TreeCost.v needs v(1) and v(2) at least (v(n) beyond them is extrapolated), got "
+                             f"{len(self.v)} value(s); measure it with tree.measure_costs")
+        for n, x in enumerate(self.v, start=1):
+            check_number(f"TreeCost.v[{n - 1}] (v({n}))", x, positive=True)
+        if not math.isnan(self.ar_ms):
+            check_number("TreeCost.ar_ms", self.ar_ms, positive=True, note=" (or NaN: unknown)")
+
     def verify(self, n: int) -> float:
         """v(n); beyond the measured range, extrapolated linearly from the last two points."""
         if n <= len(self.v):
             return self.v[n - 1]
         return self.v[-1] + (n - len(self.v)) * (self.v[-1] - self.v[-2])
 
-    def best_size(self, scores: list[float], calls: int, rate: float | None = None) -> int:
-        """How many of the best nodes (scores: descending acceptance estimates) to verify.
-
-        Without `rate`: argmax over N of  (1 + sum of the N best scores) / (calls c + v(N + 1)), this step's expected
-        tokens per AR-token time. With the rate r the generation reaches (tokens per AR-token time): argmax over N of
+    def best_size(self, scores: list[float], rate: float) -> int:
+        """How many of the best nodes (scores: descending acceptance estimates) to verify, with r = `rate` the rate the
+        generation reaches (tokens per AR-token time): argmax over N of
             sum of the N best scores - r v(N + 1)
         a node is verified when it brings more than r times what it costs. This maximises the rate of the whole
         generation, not of one step (renewal-reward): a confident step grows a bigger tree, a doubtful one a smaller
-        tree, where the per-step ratio does the opposite."""
-        if rate is None:
-            best, best_rate, gain = 0, 1.0 / (calls * self.c + self.verify(1)), 1.0
-            for n, s in enumerate(scores, start=1):
-                gain += s
-                r = gain / (calls * self.c + self.verify(n + 1))
-                if r > best_rate:
-                    best, best_rate = n, r
-            return best
+        tree, where the step's own ratio (1 + sum) / (calls c + v(N + 1)) does the opposite. The first N on ties."""
         best, best_value, gain = 0, -rate * self.verify(1), 0.0
         for n, s in enumerate(scores, start=1):
             gain += s
@@ -256,8 +257,10 @@ class TreeDrafter:
         self.calls += 1
         return logits[0]                                                           # (n_last, V)
 
-    def _add(self, tok: int, par: int, cond: float, src: str, q: float = 0.0) -> int:
-        """A node under par (-1: the root) accepted with chance cond once par is: its score is par's times cond."""
+    def _add(self, tok: int, par: int, cond: float, src: str, key: tuple, q: float = 0.0) -> int:
+        """A node under par (-1: the root) accepted with chance cond once par is: its score is par's times cond; key:
+        its kind, for the calibration (Acceptance)."""
+        self.key[len(self.tok)] = key
         self.q.append(q)
         self.tok.append(tok)
         self.par.append(par)
@@ -306,8 +309,7 @@ class TreeDrafter:
                     a = self.hits.rate(key, prior=s)
                     level[0] += a
                     if len(self.tok) < self.room:
-                        children.append(self._add(t, x, a, "mtp", s))
-                        self.key[children[-1]] = key
+                        children.append(self._add(t, x, a, "mtp", key, s))
                         probs_of[children[-1]] = q[i]
             frontier = sorted(sorted(children, key=lambda c: -self.score[c])[:self.width])   # rows in entry order
             if not frontier:
@@ -356,8 +358,7 @@ class TreeDrafter:
             if child is None:
                 if len(self.tok) >= self.room:
                     break
-                child = self._add(t, x, a, "ngram")
-                self.key[child] = key
+                child = self._add(t, x, a, "ngram", key)
             elif self.src[child] == "mtp":           # both sources agree: a kind of its own, more reliable than either
                 self.src[child] = "mtp+ngram"
                 self.key[child] = ("both",) + self._mtp_key(self.dep[child], self.q[child])[1:] + (n,)
@@ -379,7 +380,7 @@ class TreeDrafter:
                 chosen.add(x)
                 ranked.append(x)
         if self.cost is not None:
-            ranked = ranked[:self.cost.best_size([self.score[x] for x in ranked], self.calls, self.rate)]
+            ranked = ranked[:self.cost.best_size([self.score[x] for x in ranked], self.rate)]
         kids: dict[int, list[int]] = {}
         for x in ranked:                                  # best first under each parent
             kids.setdefault(self.par[x], []).append(x)
@@ -399,7 +400,7 @@ class TreeDrafter:
 
     def _value(self, scores: list[float], calls: int) -> float:
         """Expected tokens of the best tree of these scores after `calls` module calls, less r times its cost."""
-        n = self.cost.best_size(scores, calls, self.rate)
+        n = self.cost.best_size(scores, self.rate)
         return 1 + sum(scores[:n]) - self.rate * (calls * self.cost.c + self.cost.verify(n + 1))
 
     def _worth_another(self, frontier: list[int], d: int) -> bool:

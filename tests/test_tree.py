@@ -199,9 +199,9 @@ def test_draft_forwards_count_the_calls_of_steps_that_verify_nothing(trained):  
 
 def test_cost_model_picks_the_best_size():
     cost = TreeCost(c=0.1, v=(1.0, 1.0, 1.0, 2.0, 3.0))
-    assert cost.best_size([0.9, 0.8, 0.1, 0.1], calls=1) == 2      # v jumps at 4 tokens: two nodes
+    assert cost.best_size([0.9, 0.8, 0.1, 0.1], rate=2.0) == 2     # v jumps at 4 tokens: two nodes
     assert cost.verify(7) == 5.0                                  # linear beyond the measured range
-    assert TreeCost(c=0.1, v=(1.0, 1.01)).best_size([0.001], calls=1) == 0
+    assert TreeCost(c=0.1, v=(1.0, 1.01)).best_size([0.001], rate=2.0) == 0
 
 
 def test_rate_rule_grows_confident_trees_and_shrinks_doubtful_ones():
@@ -210,12 +210,17 @@ def test_rate_rule_grows_confident_trees_and_shrinks_doubtful_ones():
     tree at 6 nodes (6.4 / 1.7 = 3.76 > 6.65 / 1.8) and takes every node of a doubtful one (it keeps rising)."""
     cost = TreeCost(c=0.1, v=tuple(1.0 + 0.1 * n for n in range(40)))
     confident, doubtful = [0.9] * 6 + [0.25] * 6, [0.3] + [0.15] * 7
-    assert cost.best_size(confident, calls=1, rate=2.0) == 12
-    assert cost.best_size(doubtful, calls=1, rate=2.0) == 1
-    assert cost.best_size(confident, calls=1) == 6
-    assert cost.best_size(doubtful, calls=1) == 8
+    assert cost.best_size(confident, rate=2.0) == 12
+    assert cost.best_size(doubtful, rate=2.0) == 1
+
+    def step_ratio(scores):                               # the rule it replaces, written out here
+        rates = [(1 + sum(scores[:n])) / (0.1 + cost.verify(n + 1)) for n in range(len(scores) + 1)]
+        return max(range(len(rates)), key=rates.__getitem__)
+
+    assert step_ratio(confident) == 6
+    assert step_ratio(doubtful) == 8
     # the root rides in every verify forward: N nodes cost v(N + 1) (0.9 - 2 * 1.05 > 1.2 - 2 * 1.3)
-    assert TreeCost(c=0.1, v=(1.0, 1.05, 1.3, 1.4)).best_size([0.9, 0.3], calls=1, rate=2.0) == 1
+    assert TreeCost(c=0.1, v=(1.0, 1.05, 1.3, 1.4)).best_size([0.9, 0.3], rate=2.0) == 1
 
 
 def test_calibration_labels_every_drafted_child_of_a_reached_node(trained):  # noqa: F811
@@ -245,6 +250,18 @@ def _path_nodes(tok: list[int], par: list[int], ev) -> list[int]:
         node = next(x for x, (tt, p) in enumerate(zip(tok, par, strict=True)) if p == node and tt == t)
         nodes.append(node)
     return nodes
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(c=0.1, v=()), r"TreeCost.v needs v\(1\) and v\(2\)"),
+    (dict(c=0.1, v=(1.0,)), r"TreeCost.v needs .* got 1 value"),
+    (dict(c=float("nan"), v=(1.0, 1.1)), r"TreeCost.c must be a finite number >= 0 .* got nan"),
+    (dict(c=0.1, v=(1.0, -1.1)), r"TreeCost.v\[1\] \(v\(2\)\) must be a finite number > 0"),
+    (dict(c=0.1, v=(1.0, 1.1), ar_ms=-3.0), r"TreeCost.ar_ms must be a finite number > 0 \(or NaN: unknown\)"),
+])
+def test_bad_cost_models_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TreeCost(**kwargs)
 
 
 def test_measure_costs_is_sane():
