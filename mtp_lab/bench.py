@@ -228,6 +228,7 @@ def verify_cost(model, max_n: int = 64, repeats: int = 7, source: str = "") -> d
     this process's threads), with the tree sizes the curve implies: the largest n whose verify forward costs at most
     1.25, 1.5 and 2 AR steps (v_fit, the non-decreasing fit)."""
     from .tree import measure_costs
+    check_int("--verify-cost", max_n, minimum=2, note=" (the largest n of v(n) to time)")
     if max_n >= model.config.max_seq_len:
         raise ValueError(f"--verify-cost {max_n} must be below the model's max_seq_len {model.config.max_seq_len}")
     out = measure_costs(model, max_n=max_n, repeats=repeats, prefix=min(64, model.config.max_seq_len - max_n))

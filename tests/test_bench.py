@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from cli_errors import one_line_error
 
 from mtp_lab.bench import matmul_macs_per_token, merge, speedup_ceiling
 from mtp_lab.cli import main
@@ -108,6 +109,9 @@ def test_verify_cost_command_writes_the_curve(tmp_path, capsys):
     assert res["n"] == list(range(1, 9)) and res["v"][0] == pytest.approx(1.0) and res["repeats"] == 3
     assert all(b >= a for a, b in zip(res["v_fit"][:-1], res["v_fit"][1:], strict=True))   # the fit never falls
     assert res["largest_n_within"]["2.0"] >= res["largest_n_within"]["1.25"] >= 1
+    for n in ("1", "-2"):                    # the flag is named, not the library's max_n
+        assert "--verify-cost must be an integer >= 2" in one_line_error(
+            capsys, ["bench", "--random", "tiny", "--verify-cost", n])
 
 
 def test_monotone_fit_pools_adjacent_violators():
