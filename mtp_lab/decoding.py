@@ -296,8 +296,11 @@ def make_drafter(model: MTPModel, drafter: DrafterName | Drafter = "mtp", fp8_dr
     "mtp", "mtp-pre", "mtp-fp8": the chain of MTP modules (MTPDrafter), recycling beyond D the post-norm state,
     the pre-norm state, or drafting with a copy whose MTP blocks run in simulated FP8 (fp8_linear, scope "mtp":
     the main model still verifies in full precision, so the output is unchanged; fp8_drafter=True asks the same of
-    "mtp"); "ngram": prompt lookup; "mtp-tree": a top-2 tree of MTP drafts, 16 nodes at most (TreeDrafter); "hybrid":
-    that tree, 4 MTP levels deep, with prompt lookup continuing the root and the best MTP leaf up to depth k;
+    "mtp"); "ngram": prompt lookup (what followed the latest earlier match); "suffix": what followed EVERY earlier
+    match (up to tree.OCCURRENCES), one tree of the 16 continuations most matches share (SuffixDecoding's frequency
+    tree over this sequence; no weights, no module call); "mtp-tree": a top-2 tree of MTP drafts, 16 nodes at most
+    (TreeDrafter); "hybrid": that tree, 4 MTP levels deep, with the suffix tree grown from the root and from the best
+    MTP leaf up to depth k;
     "adaptive": the hybrid tree with up to 32 nodes, its MTP depth and size chosen per step by the cost model
     (`cost`, measured by tree.measure_costs on this machine when not given), each node weighed against the rate the
     generation reaches (its drafts, not its output, then depend on timing: pass a TreeCost without ar_ms for drafts
@@ -317,6 +320,8 @@ def make_drafter(model: MTPModel, drafter: DrafterName | Drafter = "mtp", fp8_dr
     V = model.config.vocab_size
     if drafter == "ngram":
         return NGramDrafter(V)
+    if drafter == "suffix":
+        return TreeDrafter(model, budget=16, ngram=NGramDrafter(V), mtp_steps=0, name=drafter)
     if drafter in ("mtp", "mtp-pre", "mtp-fp8"):
         draft_model = None
         if drafter == "mtp-fp8":

@@ -19,8 +19,9 @@ from .sampling import SamplingParams
 
 # the drafters the engine builds by name (decoding.make_drafter; mtp_lab.DRAFTERS): the MTP chain, recycling the
 # post-norm (mtp) or pre-norm (mtp-pre) state beyond D, with FP8 MTP blocks (mtp-fp8); n-gram prompt lookup; a top-b
-# tree of MTP drafts (mtp-tree); that tree with an n-gram branch (hybrid); the hybrid sized per step by the cost model
-DrafterName = Literal["mtp", "mtp-pre", "mtp-fp8", "ngram", "mtp-tree", "hybrid", "adaptive"]
+# tree of MTP drafts (mtp-tree); that tree with n-gram branches (hybrid); the hybrid sized per step by the cost model
+# (adaptive); the n-gram branches alone, every earlier match's continuation in one tree (suffix, no weights)
+DrafterName = Literal["mtp", "mtp-pre", "mtp-fp8", "ngram", "suffix", "mtp-tree", "hybrid", "adaptive"]
 Recycle = Literal["post_norm", "pre_norm"]   # the state an MTP module's reuse for drafts k > D is fed back
 
 
@@ -199,17 +200,25 @@ class NGramDrafter:
     def start(self, cache: ModelCache) -> None:
         pass
 
-    def match(self, tokens: list[int], k: int) -> tuple[int, list[int]]:
-        """(n, continuation): the longest suffix n-gram that occurred earlier (0 if none) and up to k tokens that
-        followed its latest earlier occurrence. A longer match is a more reliable continuation (tree.TreeDrafter
-        scores it by n)."""
+    def continuations(self, tokens: list[int], k: int) -> tuple[int, list[list[int]]]:
+        """(n, continuations): the longest suffix n-gram that occurred earlier (0 if none) and, for each of its
+        earlier occurrences, latest first, the up to k tokens that followed it. A longer match is a more reliable
+        continuation (tree.TreeDrafter scores it by n; where occurrences disagree, by how many agree)."""
         L = len(tokens)
+        if L < 2:
+            return 0, []
+        ends = [e for e in range(L - 2, -1, -1) if tokens[e] == tokens[-1]]   # never the suffix itself
         for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
             suffix = tokens[L - n:]
-            for s in range(L - n - 1, -1, -1):            # latest match first, never the suffix itself
-                if tokens[s:s + n] == suffix:
-                    return n, tokens[s + n:s + n + k]
+            found = [tokens[e + 1:e + 1 + k] for e in ends if e >= n - 1 and tokens[e - n + 1:e + 1] == suffix]
+            if found:
+                return n, found
         return 0, []
+
+    def match(self, tokens: list[int], k: int) -> tuple[int, list[int]]:
+        """(n, continuation): the longest matching suffix n-gram and what followed its LATEST earlier occurrence."""
+        n, found = self.continuations(tokens, k)
+        return n, (found[0] if found else [])
 
     def lookup(self, tokens: list[int], k: int) -> list[int]:
         """Up to k tokens that followed the latest earlier match of the longest matching suffix n-gram."""

@@ -24,6 +24,7 @@ of the drafter c; `measure_costs` times both, `TreeDrafter(cost=...)` uses them 
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import statistics
 import time
@@ -138,6 +139,8 @@ class TreeCost:
 
 Q_BINS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)   # bin edges of the drafter's q
 RUN_BINS = (1, 2, 4, 8)             # bin edges of an n-gram node's place in its branch (0: the first)
+SHARE_BINS = (0.3, 0.6, 0.99)       # bin edges of an n-gram node's share of the occurrences through its parent
+OCCURRENCES = 16                    # earlier occurrences of the matched n-gram whose continuations are drafted
 
 
 class Acceptance:
@@ -159,21 +162,24 @@ class Acceptance:
 
 class TreeDrafter:
     """A tree of MTP drafts: at each depth the `width` best nodes (by path score) get their `top_b` most likely
-    tokens as children; the `budget` best nodes are verified (EAGLE-2's rerank). Options: `ngram` adds the prompt
-    lookup's continuation as a branch (merged where it meets an MTP node; hybrid); `cost` sizes each step's tree
-    and stops drafting early from the cost model (adaptive): with r the rate the generation reaches (tokens per
-    AR-token time, measured), a step verifies the N best nodes maximising sum of scores - r v(N + 1)
-    (TreeCost.best_size), and drafts another MTP level only if its expected children (the frontier's scores times
-    the running children-to-parent score ratio at that depth) raise that value by more than r c.
+    tokens as children; the `budget` best nodes are verified (EAGLE-2's rerank). Options: `ngram` adds prompt
+    lookup's continuations as branches, what followed every earlier match of the context's suffix in one frequency
+    tree (merged where it meets an MTP node; hybrid; with `mtp_steps=0` the lookup tree alone: suffix); `cost`
+    sizes each step's tree and stops drafting early from the cost model (adaptive): with r the rate the generation
+    reaches (tokens per AR-token time, measured), a step verifies the N best nodes maximising
+    sum of scores - r v(N + 1) (TreeCost.best_size), and drafts another MTP level only if its expected children
+    (the frontier's scores times the running children-to-parent score ratio at that depth) raise that value by
+    more than r c.
 
     Path score of a node = its parent's score times its estimated chance of acceptance once the parent is reached,
     the running acceptance of its kind (Acceptance): for an MTP node, nodes of the same module whose q fell in the
     same bin (q: the drafter's probability, softmax of its logits, the temperature ignored: a ranking, not the q of
     speculative sampling); for an n-gram node, nodes from a match of the same length n at a like place in their
-    branch (a long match copies reliably, a 1-gram guesses; a copy that has held for 8 tokens tends to go on); a
-    node both propose is a kind of its own (module, q bin, n). Every drafted child of a node the walk reached is
+    branch with a like share of the matches through their parent (a long match copies reliably, a 1-gram guesses; a
+    copy that has held for 8 tokens tends to go on; what most earlier matches went on with is likelier); a node both
+    propose is a kind of its own (module, q bin, n). Every drafted child of a node the walk reached is
     labelled, verified or not (_learn). Scores fall along a path, so the best nodes form a tree. With `ngram`,
-    prompt lookup continues both the root and the best deepest MTP node (staged: the MTP modules draft `mtp_steps`
+    the lookup tree grows from both the root and the best deepest MTP node (staged: the MTP modules draft `mtp_steps`
     levels, the lookup goes on to depth k for free).
 
     Module j at tree node x (depth e) sits at position n - j + e and reads t_{n+e} = x, with h^{j-1} = module j-1's
@@ -186,9 +192,12 @@ class TreeDrafter:
     def __init__(self, model: MTPModel, top_b: int = 2, width: int | None = None, budget: int = 16,
                  ngram: NGramDrafter | None = None, cost: TreeCost | None = None, recycle: Recycle | None = None,
                  draft_model: MTPModel | None = None, mtp_steps: int | None = None, name: str = "mtp-tree"):
-        if len(model.mtp) == 0:
+        self.mtp_steps = None if mtp_steps is None else check_int("mtp_steps", mtp_steps, minimum=0)
+        if mtp_steps == 0 and ngram is None:
+            raise ValueError("a tree with mtp_steps=0 drafts by lookup only: give it ngram=NGramDrafter(...)")
+        if len(model.mtp) == 0 and mtp_steps != 0:
             raise ValueError("the tree drafter needs a model with MTP modules (config.mtp_depth >= 1); "
-                             "use drafter='ngram' for a model without them")
+                             "use drafter='ngram' or 'suffix' for a model without them")
         self.top_b = check_int("top_b", top_b, minimum=1)
         self.width = check_int("width", top_b if width is None else width, minimum=1)
         self.budget = check_int("budget", budget, minimum=1)
@@ -196,7 +205,6 @@ class TreeDrafter:
         self.draft_model = draft_model if draft_model is not None else model
         self.recycle = recycle or "feed"
         self.depth = len(model.mtp)                                              # D
-        self.mtp_steps = None if mtp_steps is None else check_int("mtp_steps", mtp_steps, minimum=1)
         self.hits = Acceptance()              # the scores' calibration: acceptance once the parent is reached
         self.level = {}                       # depth d -> [sum, count] of the children's scores / their parent's
         self.made = [2.0, 1.0]                # tokens emitted, AR-token times spent (a prior of rate 2): the rate r
@@ -277,7 +285,7 @@ class TreeDrafter:
         V = self.draft_model.config.vocab_size
         # nodes that fit in every KV cache: the verify forward appends the root and every node after t_{n-1}
         self.room = self.cache.main[0].max_len - len(tokens)
-        if k == 0 or n < D or self.room < 1:   # module D needs position n - D: too short a context, draft nothing
+        if k == 0 or (n < D and self.mtp_steps != 0) or self.room < 1:   # module D needs position n - D
             return Draft([], torch.empty(0, V), None, forwards=0)
         if self.walked:
             self._learn(tokens)
@@ -289,7 +297,7 @@ class TreeDrafter:
         self.kids = _Kids()                                      # node -> {token: child}; the root is -1
         probs_of: dict[int, torch.Tensor] = {}                   # MTP node -> the distribution it was picked from
         frontier, used = [-1], 0
-        for d in range(min(k, self.mtp_steps or k)):
+        for d in range(k if self.mtp_steps is None else min(k, self.mtp_steps)):
             j = min(d + 1, D)
             if self.cost is not None and d > 0 and not self._worth_another(frontier, d):
                 break
@@ -346,25 +354,44 @@ class TreeDrafter:
         return out
 
     def _add_ngram(self, x: int, tokens: list[int], k: int) -> None:
-        """The prompt lookup's continuation after node x (-1: the root) as a branch, up to depth k, merged into the
-        nodes that already hold its tokens."""
+        """Prompt lookup's continuations after node x (-1: the root), up to depth k: every earlier occurrence of the
+        matched n-gram (the latest `OCCURRENCES`) proposes what followed it, and together they form a trie whose
+        nodes count the occurrences that pass through them (SuffixDecoding's frequency tree). The `budget` prefixes
+        the most occurrences share are added, best first, merged into the nodes that already hold their tokens; a
+        node's kind records its share of the occurrences through its parent."""
         path = [self.tok[a] for a in reversed(self._path(x))]
-        n, continuation = self.ngram.match(tokens + path, k - len(path))
-        for i, t in enumerate(continuation):
-            base = self.score[x] if x >= 0 else 1.0
-            key = ("ngram", n, bisect.bisect(RUN_BINS, i))
-            a = self.hits.rate(key, prior=0.5)
-            child = self.kids[x].get(t)
+        n, found = self.ngram.continuations(tokens + path, k - len(path))
+        found = found[:OCCURRENCES]
+        trie: dict[int, list] = {}                           # token -> [count, trie below it]
+        for continuation in found:
+            level = trie
+            for t in continuation:
+                entry = level.setdefault(t, [0, {}])
+                entry[0] += 1
+                level = entry[1]
+        heap = [(-c, 0, i, t, sub, x, len(found)) for i, (t, (c, sub)) in enumerate(trie.items())]
+        heapq.heapify(heap)
+        order = len(heap)
+        for _ in range(self.budget):
+            if not heap:
+                break
+            c, i, _, t, sub, par, through = heapq.heappop(heap)   # most occurrences first, then shallowest
+            base = self.score[par] if par >= 0 else 1.0
+            key = ("ngram", n, bisect.bisect(RUN_BINS, i), bisect.bisect(SHARE_BINS, -c / through))
+            a = self.hits.rate(key, prior=0.5 * -c / through)
+            child = self.kids[par].get(t)
             if child is None:
                 if len(self.tok) >= self.room:
                     break
-                child = self._add(t, x, a, "ngram", key)
+                child = self._add(t, par, a, "ngram", key)
             elif self.src[child] == "mtp":           # both sources agree: a kind of its own, more reliable than either
                 self.src[child] = "mtp+ngram"
                 self.key[child] = ("both",) + self._mtp_key(self.dep[child], self.q[child])[1:] + (n,)
                 self.cond[child] = self.hits.rate(self.key[child], prior=max(a, self.cond[child]))
                 self.score[child] = base * self.cond[child]
-            x = child
+            for t2, (c2, sub2) in sub.items():
+                order += 1
+                heapq.heappush(heap, (-c2, i + 1, order, t2, sub2, child, -c))
 
     def _select(self) -> list[int]:
         """The nodes to verify: the best by score (ancestors always before their descendants), at most `budget`,

@@ -298,6 +298,10 @@ def test_ngram_lookup():
     assert d.match([5, 1, 6, 2, 6, 3, 7, 6], 2) == (1, [3, 7])
     assert d.match([4, 4, 4], 3) == (2, [4])
     assert d.match([1, 2, 3], 2) == (0, [])
+    # continuations(): what followed EVERY earlier match of the longest matching suffix, latest first
+    assert d.continuations([7, 1, 2, 3, 1, 2, 4, 1, 2], 2) == (2, [[4, 1], [3, 1]])
+    assert d.continuations([5, 1, 6, 2, 6, 3, 7, 6], 3) == (1, [[3, 7, 6], [2, 6, 3]])
+    assert d.continuations([1, 2, 3], 2) == (0, []) and d.continuations([4], 2) == (0, [])
 
 
 # ---------------------------------------------------------------- bad input

@@ -15,7 +15,7 @@ from mtp_lab.tree import TreeCost, ancestor_mask, keep_path, measure_costs, tree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TREES = ("mtp-tree", "hybrid", "adaptive")
+TREES = ("suffix", "mtp-tree", "hybrid", "adaptive")
 COST = TreeCost(c=0.1, v=tuple(1.0 + 0.02 * n for n in range(64)))    # a fixed cost model: deterministic tests
 
 
@@ -106,7 +106,7 @@ def test_greedy_trees_equal_greedy_ar(trained, name, k):  # noqa: F811
 
 
 def test_registry_builds_every_name(trained):  # noqa: F811
-    assert set(DRAFTERS) >= {"mtp", "mtp-pre", "mtp-fp8", "ngram", "mtp-tree", "hybrid", "adaptive"}
+    assert set(DRAFTERS) >= {"mtp", "mtp-pre", "mtp-fp8", "ngram", "suffix", "mtp-tree", "hybrid", "adaptive"}
     for name in DRAFTERS:
         drafter = make_drafter(trained, name, cost=COST)
         out = speculative_generate(trained, [1, 4, 7], 12, num_draft=3, drafter=name if name != "adaptive"
@@ -195,6 +195,31 @@ def test_draft_forwards_count_the_calls_of_steps_that_verify_nothing(trained):  
     out = speculative_generate(trained, [5, 8, 11, 14, 17, 20, 5, 8, 11], 30, num_draft=6, drafter=dear)
     assert out.stats.draft_forwards == sum(f for f, _ in made)
     assert any(f > 0 and n == 0 for f, n in made)          # such steps happened
+
+
+def test_suffix_tree_counts_every_earlier_match(trained):  # noqa: F811
+    """The lookup tree by hand: the suffix (1, 2) occurred three times, followed by (5, 6), (5, 7) and (8, 0).
+    Every match is a branch; a node's share of the matches through its parent is its prior (0.5 x share), so 5
+    (2 of 3 matches) leads, and a budget keeps the nodes most matches share, shallowest first on ties."""
+    tokens = [1, 2, 5, 6, 3, 1, 2, 5, 7, 4, 1, 2, 8, 0, 1, 2]
+    assert NGramDrafter(32).continuations(tokens, 2) == (2, [[8, 0], [5, 7], [5, 6]])
+
+    def paths(budget, tokens=tokens):
+        drafter = TreeDrafter(trained, ngram=NGramDrafter(32), mtp_steps=0, budget=budget, name="suffix")
+        drafter.start(trained.new_cache())
+        draft = drafter.propose(tokens, 2, SamplingParams(temperature=0.0))
+        assert draft.forwards == 0 and set(draft.sources) == {"ngram"}
+        out = []
+        for i, t in enumerate(draft.tokens):
+            out.append((*out[draft.parents[i]], t) if draft.parents[i] >= 0 else (t,))
+        return out
+
+    assert paths(16) == [(5,), (5, 7), (5, 6), (8,), (8, 0)]     # depth-first, the likeliest branch first
+    assert sorted(paths(3)) == [(5,), (5, 7), (8,)]
+    # followed by (5, 6) twice and (8, 0) once: with room for two nodes, the deeper 6 (2 matches) beats 8 (1)
+    assert paths(2, [1, 2, 5, 6, 3, 1, 2, 5, 6, 4, 1, 2, 8, 0, 9, 1, 2]) == [(5,), (5, 6)]
+    with pytest.raises(ValueError, match="lookup only"):
+        TreeDrafter(trained, mtp_steps=0)
 
 
 def test_cost_model_picks_the_best_size():
