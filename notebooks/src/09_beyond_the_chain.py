@@ -6,7 +6,8 @@
 #   main-model forward (a tree attention mask and tree position ids), losslessly;
 # - the sampling rule for sibling candidates (draw once from the target at each node, follow the matching child),
 #   built inline and checked against the package;
-# - a **hybrid** drafter (MTP modules + n-gram lookup in one tree) and who proposes the tokens that get accepted;
+# - lookup as a tree (what followed every earlier match) and a **hybrid** drafter (MTP modules + that lookup tree in
+#   one tree), and who proposes the tokens that get accepted;
 # - the measured **verify cost** $v(n)$ of this CPU, the tree sizes it implies, and an **adaptive** drafter that sizes
 #   each step's tree from it;
 # - chain vs tree vs hybrid vs adaptive on the same held-out prompts, what the serving engines do, and why the gains
@@ -182,17 +183,20 @@ check("tree_walk", tree_walk)
 # %% [markdown]
 # ## Hybrid: MTP and n-gram in one tree
 #
-# Code repeats itself: argument lists, attribute names, whole lines. Prompt lookup (an n-gram drafter) finds the
-# context's last few tokens earlier in the text and proposes what followed, for free (no weights), and sometimes far
-# ahead. The hybrid drafter puts its continuation into the same tree as the MTP candidates: from the root, and again
-# from the best MTP leaf (so the lookup continues where the modules stop), merging nodes that both propose. Every
-# accepted token records who proposed it. All drafters give plain decoding's output on the prompt above:
+# Code repeats itself: argument lists, attribute names, whole lines. Prompt lookup (an n-gram drafter, `ngram`) finds
+# the context's last few tokens earlier in the text and proposes what followed their latest occurrence, for free (no
+# weights), and sometimes far ahead. When the same tokens occurred several times and went on differently, one guess
+# wastes the others: `suffix` puts what followed *every* earlier match into one tree, the continuations most matches
+# share first (SuffixDecoding's frequency tree). The hybrid drafter puts that lookup tree into the same tree as the
+# MTP candidates: from the root, and again from the best MTP leaf (so the lookup continues where the modules stop),
+# merging nodes that both propose. Every accepted token records who proposed it. All drafters give plain decoding's
+# output on the prompt above:
 
 # %% tags=["nbval-check-output"]
 from mtp_lab import DRAFTERS, generate, speculative_generate
 
 ref = generate(model, prompt, 48)
-for name in ("mtp", "ngram", "mtp-tree", "hybrid"):
+for name in ("mtp", "ngram", "suffix", "mtp-tree", "hybrid"):
     out = speculative_generate(model, prompt, 48, num_draft=8 if name != "mtp" else 4, drafter=name)
     s = out.stats
     print(f"{name:9s} identical to plain: {out.tokens == ref.tokens}  tau {s.mean_acceptance_length:.2f}  "
@@ -234,8 +238,8 @@ fig.update_layout(title="verify cost on this CPU: one forward over n tokens, in 
 fig
 
 # %% [markdown]
-# On this CPU the forward is not free: {{v(8) = 1.37}}, {{v(16) = 1.60}}, {{v(64) = 2.75}} AR steps. A tree of
-# {{up to 9 nodes}} fits in 1.5 AR steps, {{up to 29 nodes}} in 2. So the fixed trees here hold at most 16 nodes,
+# On this CPU the forward is not free: {{v(8) = 1.40}}, {{v(16) = 1.57}}, {{v(64) = 2.77}} AR steps. A tree of
+# {{up to 9 nodes}} fits in 1.5 AR steps, {{up to 27 nodes}} in 2. So the fixed trees here hold at most 16 nodes,
 # and the adaptive drafter decides per step, from this curve and the measured draft cost, how many of its best nodes
 # (up to 32) to verify:
 #
@@ -243,8 +247,8 @@ fig
 #
 # with $s_i$ the acceptance estimates of the best nodes and $r$ the rate the generation already reaches, in tokens per
 # AR-token time, measured as it runs. A node's estimate is its path score: the product, along its path, of how often
-# nodes of its kind were accepted once their parent was (MTP module and probability bin, or n-gram match length),
-# learned online from every drafted node, verified or not. A node earns its place when it brings more than $r$ times
+# nodes of its kind were accepted once their parent was (MTP module and probability bin, or n-gram match length and
+# share of the matches), learned online from every drafted node, verified or not. A node earns its place when it brings more than $r$ times
 # what it costs.
 #
 # Why not maximise this step's own rate, $(1 + \sum s_i) / (\text{calls}\cdot c + v(N+1))$? Because then a confident
@@ -299,8 +303,8 @@ def best_rows(rows):
 bench = json.loads((RESULTS / "bench_beyond_chain_threads1.json").read_text())
 rows = bench["rows"]
 print(f"{bench['source']}; {bench['prompts']} prompts x {bench['new_tokens']} tokens, {bench['repeats']} repeats, "
-      f"{bench['threads']} thread; identical to plain decoding: "
-      f"{all(r['identical_to_ar'] == r['prompts'] for r in rows)}")
+      f"{bench['threads']} thread; plain decoding {rows[0]['ms_per_main_forward']['ar_token']:.2f} ms per token; "
+      f"identical to plain decoding: {all(r['identical_to_ar'] == r['prompts'] for r in rows)}")
 best = best_rows(rows)
 print(f"{'drafter':9s} {'k':>2s} {'tau':>5s} {'tok/F':>5s} {'nodes':>5s} {'speed-up':>8s} {'range':>11s} {'CPU':>6s}"
       f"  accepted from")
@@ -310,9 +314,10 @@ for name, r in best.items():
     print(f"{name:9s} {r['k']:2d} {r['tau']:5.2f} {r['tokens_per_main_forward']:5.2f} {r['nodes_per_step'] or 0:5.1f} "
           f"{r['speedup']:7.2f}x {r['speedup_range'][0]:5.2f}-{r['speedup_range'][1]:4.2f} "
           f"{r['cpu_speedup_median']:5.2f}x  " + ", ".join(f"{k} {v / total:.0%}" for k, v in src.items()))
-mtp_based = max((r for n, r in best.items() if n != "ngram"), key=lambda r: r["speedup"])
+mtp_based = max((r for n, r in best.items() if n not in ("ngram", "suffix")), key=lambda r: r["speedup"])
 print(f"best MTP-based: {mtp_based['drafter']} k={mtp_based['k']}, {mtp_based['speedup']:.2f}x over plain decoding, "
-      f"{mtp_based['speedup'] / best['ngram']['speedup']:.2f}x the n-gram drafter's best")
+      f"{mtp_based['speedup'] / best['ngram']['speedup']:.2f}x the n-gram drafter's best, "
+      f"{mtp_based['speedup'] / best['suffix']['speedup']:.2f}x the lookup tree's")
 for r in (best["hybrid"], best["adaptive"]):
     ms = r["ms_per_main_forward"]
     a = ms["ar_token"]
@@ -323,34 +328,37 @@ ms = mtp_based["ms_per_main_forward"]
 d, o = ms["draft"] / ms["ar_token"], ms["overhead"] / ms["ar_token"]
 print(f"{mtp_based['drafter']}'s drafts with a verify as cheap as one token (v = 1): "
       f"{mtp_based['tokens_per_main_forward'] / (d + 1 + o):.2f}x")
-other = json.loads((RESULTS / "bench_beyond_chain_threads1_8prompts.json").read_text())
-b8 = best_rows(other["rows"])
-print(f"on {other['prompts']} other prompts: adaptive {b8['adaptive']['speedup']:.2f}x "
-      f"({b8['adaptive']['speedup_range'][0]:.2f}-{b8['adaptive']['speedup_range'][1]:.2f}), hybrid "
-      f"{b8['hybrid']['speedup']:.2f}x ({b8['hybrid']['speedup_range'][0]:.2f}-{b8['hybrid']['speedup_range'][1]:.2f}),"
-      f" n-gram {b8['ngram']['speedup']:.2f}x")
+for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other prompts"),
+                   ("bench_beyond_chain_threads1_rerun.json", "the same command again")):
+    other = json.loads((RESULTS / file).read_text())
+    b = best_rows(other["rows"])
+    print(f"{what} (plain decoding {other['rows'][0]['ms_per_main_forward']['ar_token']:.2f} ms per token): " +
+          ", ".join(f"{n} {b[n]['speedup']:.2f}x ({b[n]['speedup_range'][0]:.2f}-{b[n]['speedup_range'][1]:.2f})"
+                    for n in ("adaptive", "hybrid", "suffix", "ngram")))
 
 # %% [markdown]
 # What it shows:
 #
 # - **A tree raises $\tau$, not by itself the speed.** The MTP tree accepts {{5.43}} tokens per step against the
-#   chain's {{3.78}}, but 16 nodes cost a verify forward of about 1.8 AR steps on this CPU, plus a module call per
+#   chain's {{4.81}}, but 16 nodes cost a verify forward of about 1.6 AR steps on this CPU, plus a module call per
 #   level: it ends up slower than the chain.
-# - **Adding n-gram lookup is what pays**: about half of the hybrid's accepted tokens come from lookup alone and a
-#   quarter from both sources, at no drafting cost. The hybrid reaches {{2.54x}} over plain decoding.
-# - **The adaptive tree is the fastest**, {{2.63x}}, with less: {{8.4}} nodes and {{1.5}} module calls per verify
-#   forward against the hybrid's {{15.5}} and {{3.7}}, fewer tokens for much less time. On 8 other prompts, with less
-#   copying, it leads too: {{2.29x}} against {{2.13x}}. The hybrid's extra nodes and calls buy fewer tokens per AR
-#   step than the generation already makes, and the rate rule leaves them out.
-# - **n-gram lookup is strong where code repeats itself**: {{2.35x}} on its own, so the best MTP-based drafter is
-#   {{1.12x}} ahead of it here ({{1.95x}} on the 8 other prompts).
-# - **What bounds it**: every verify forward of the adaptive tree yields about 5 tokens but costs about 1.9 AR steps,
+# - **Lookup pays, and more as a tree**: prompt lookup alone reaches {{2.51x}}; what followed every earlier match, as
+#   one tree, {{2.84x}} ({{4.17}} tokens per verify forward against {{3.38}}), with no weights and no module call.
+# - **MTP and lookup in one tree is the fastest**: the hybrid reaches {{3.21x}} over plain decoding, {{1.28x}} the
+#   n-gram drafter's best and {{1.13x}} the lookup tree's; a quarter of its accepted drafts were proposed by both
+#   sources, a fifth by the MTP modules alone.
+# - **The adaptive tree gets as far with less**: {{3.15x}} with {{11.7}} nodes and {{1.2}} module calls per verify
+#   forward against the hybrid's {{15.5}} and {{3.7}}. Run again, with plain decoding faster per token, it led:
+#   {{2.91x}} against {{2.86x}} (n-gram {{2.38x}}); on 8 other prompts, with less copying, it leads clearly:
+#   {{2.79x}} against {{2.55x}} (n-gram {{1.92x}}). Where the extra nodes and calls pay depends on the machine's
+#   state, and the adaptive tree weighs them against the rate it reaches.
+# - **What bounds it**: every verify forward of the hybrid tree yields about 7 tokens but costs about 2.2 AR steps,
 #   1.6 of them the verify forward itself. With a verify as cheap as one token, as on a GPU at batch 1, the same
-#   drafts would give {{3.78x}}.
+#   drafts would give {{4.48x}}.
 #
-# These numbers move with the machine: on this VM an hour earlier, with plain decoding slower per token (8.3 ms
-# against 6.0), every drafter gained 0.15-0.3 (the hybrid 2.83x, the adaptive tree 2.82x, lookup 2.50x;
-# docs/speculative.md): the cheaper each token's overhead, the more a big verify forward's arithmetic shows.
+# These numbers move with the machine: the two runs of the same command above differ by 0.2-0.35 (plain decoding took 7.18
+# and 5.43 ms per token): the cheaper each token's overhead, the more a big verify forward's arithmetic shows. Compare
+# drafters within one run.
 #
 # ## What the engines do
 #
@@ -379,8 +387,8 @@ print(f"on {other['prompts']} other prompts: adaptive {b8['adaptive']['speedup']
 #   and its ancestors, at position prefix + depth; the caches keep the accepted path only.
 # - With deterministic candidates the exact rule is: draw $y \sim p$ at each node, follow the child equal to $y$,
 #   else emit $y$. Greedy trees reproduce plain decoding; sampled trees reproduce its distribution.
-# - A hybrid tree adds free n-gram branches to the MTP candidates; the accepted tokens' sources show how much each
-#   contributes.
+# - Lookup is free and, as a tree of what followed every earlier match, strong where code repeats itself; a hybrid
+#   tree adds those branches to the MTP candidates, and the accepted tokens' sources show how much each contributes.
 # - The verify cost $v(n)$ decides how big a tree pays: measured here it grows from the first token, so trees stay
 #   small on a CPU; the adaptive drafter sizes each step from $v(n)$ and the draft cost, weighing every node
 #   against the rate the generation already reaches.
