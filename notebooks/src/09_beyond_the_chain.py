@@ -329,7 +329,8 @@ d, o = ms["draft"] / ms["ar_token"], ms["overhead"] / ms["ar_token"]
 print(f"{mtp_based['drafter']}'s drafts with a verify as cheap as one token (v = 1): "
       f"{mtp_based['tokens_per_main_forward'] / (d + 1 + o):.2f}x")
 for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other prompts"),
-                   ("bench_beyond_chain_threads1_rerun.json", "the same command again")):
+                   ("bench_beyond_chain_threads1_rerun.json", "the same command again"),
+                   ("bench_beyond_chain_threads1_rerun2.json", "and a third time")):
     other = json.loads((RESULTS / file).read_text())
     b = best_rows(other["rows"])
     print(f"{what} (plain decoding {other['rows'][0]['ms_per_main_forward']['ar_token']:.2f} ms per token): " +
@@ -348,16 +349,16 @@ for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other pro
 #   n-gram drafter's best and {{1.13x}} the lookup tree's; a quarter of its accepted drafts were proposed by both
 #   sources, a fifth by the MTP modules alone.
 # - **The adaptive tree gets as far with less**: {{3.15x}} with {{11.7}} nodes and {{1.2}} module calls per verify
-#   forward against the hybrid's {{15.5}} and {{3.7}}. Run again, with plain decoding faster per token, it led:
-#   {{2.91x}} against {{2.86x}} (n-gram {{2.38x}}); on 8 other prompts, with less copying, it leads clearly:
-#   {{2.79x}} against {{2.55x}} (n-gram {{1.92x}}). Where the extra nodes and calls pay depends on the machine's
-#   state, and the adaptive tree weighs them against the rate it reaches.
+#   forward against the hybrid's {{15.5}} and {{3.7}}. Run again twice, with plain decoding faster per token, it led:
+#   {{2.91x}} against {{2.86x}} (n-gram {{2.38x}}), then {{2.90x}} against {{2.85x}} (n-gram {{2.42x}}); on 8 other
+#   prompts, with less copying, it leads clearly: {{2.79x}} against {{2.55x}} (n-gram {{1.92x}}). Where the extra
+#   nodes and calls pay depends on the machine's state, and the adaptive tree weighs them against the rate it reaches.
 # - **What bounds it**: every verify forward of the hybrid tree yields about 7 tokens but costs about 2.2 AR steps,
 #   1.6 of them the verify forward itself. With a verify as cheap as one token, as on a GPU at batch 1, the same
 #   drafts would give {{4.48x}}.
 #
-# These numbers move with the machine: the two runs of the same command above differ by 0.2-0.35 (plain decoding took 7.18
-# and 5.43 ms per token): the cheaper each token's overhead, the more a big verify forward's arithmetic shows. Compare
+# These numbers move with the machine: the runs of the same command above differ by up to 0.35 (plain decoding took
+# 7.18, 5.43 and 5.34 ms per token): the cheaper each token's overhead, the more a big verify forward's arithmetic shows. Compare
 # drafters within one run.
 #
 # ## What the engines do
