@@ -12,7 +12,8 @@ where the rest goes. tau (vLLM) = 1 + accepted / drafting steps; tokens / F also
 
 Drafters: every name of decoding.DRAFTERS (make_drafter): the MTP chain (mtp; mtp-pre recycling the pre-norm state,
 which differs only for k > D; mtp-fp8 with the MTP blocks in simulated FP8), ngram (prompt lookup), and the trees
-(mtp-tree, hybrid, adaptive; mtp_lab.tree), whose k is the tree's maximum depth.
+(suffix: lookup's continuations of every earlier match; mtp-tree, hybrid, adaptive; mtp_lab.tree), whose k is the
+tree's maximum depth.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The tree view: a tree drafter's proposal at each step, the path the main model accepted, the branches it did
 not take and who proposed each node (MTP module j or n-gram lookup), step by step.
 
-Data comes from `mtp_lab.decoding.speculative_steps` with a tree drafter ("mtp-tree", "hybrid", "adaptive"); the
-plain function `tree_layout` turns one step into node positions, edges and each node's status, which
+Data comes from `mtp_lab.decoding.speculative_steps` with a tree drafter ("suffix", "mtp-tree", "hybrid",
+"adaptive"); the plain function `tree_layout` turns one step into node positions, edges and each node's status, which
 `TreeView` draws (nodes at x = depth, leaves spread over y in depth-first order, parents centred on children).
 """
 
