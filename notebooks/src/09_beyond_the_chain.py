@@ -367,7 +367,7 @@ for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other pro
 # |---|---|---|---|
 # | SGLang (DeepSeek MTP via EAGLE) | top-$k$ tree (`--speculative-eagle-topk`): $\tau$ 2.5-3 vs about 1.9 for a chain | fixed steps; adaptive tiers in recent versions | separate drafter |
 # | TensorRT-LLM | MTP tree, greedy only | fixed | a suffix automaton overrides MTP when a match of length $\geq 4$ exists |
-# | vLLM | chains (trees for EAGLE) | `adaptive_k` from running acceptance and a cost model | separate `ngram` method |
+# | vLLM | chains (trees for EAGLE) | `adaptive_k` from running acceptance and a cost model | separate `ngram` and `suffix` methods (SuffixDecoding: frequency trees over this request and over past outputs; `suffix` here builds the first) |
 # | llama.cpp | chains | stops drafting below a probability `p_min` | separate; alternating with MTP brought no gain |
 # | FastDeploy | MTP | fixed | MTP `with_ngram` |
 #
