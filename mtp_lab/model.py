@@ -120,8 +120,8 @@ class MTPModel(nn.Module):
         T, start = tokens.shape[1], cache.length if cache is not None else 0
         if mask is None and start and T > 1:   # verification of a chain: one lower-right mask for every layer
             mask = causal_mask(T, start + T, tokens.device)                        # (T, start + T)
-        if mask is not None and mask.dtype == torch.bool:   # as attention adds it (0 where allowed, -inf elsewhere),
-            mask = torch.zeros(mask.shape, device=mask.device, dtype=x.dtype).masked_fill_(~mask, float("-inf"))  # once
+        if mask is not None and mask.dtype == torch.bool:   # the additive mask SDPA would build in every layer, once
+            mask = torch.zeros(mask.shape, device=mask.device, dtype=x.dtype).masked_fill_(~mask, float("-inf"))
         rope = self.layers[0].attn.rope.tables(start, T, positions) if self.layers else None   # one lookup, all layers
         for i, layer in enumerate(self.layers):
             x = layer(x, cache.main[i] if cache is not None else None, mask, rope)

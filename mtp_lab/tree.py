@@ -455,8 +455,9 @@ class TreeDrafter:
 
     def commit(self, hidden: torch.Tensor, n_kept: int, path: list[int] | None = None) -> None:
         """hidden (1, T_new, C): main states of the newly kept positions; path: the kept nodes of the last Draft."""
-        pend = self.pending[1]
-        self.pending[1] = hidden if pend is None else torch.cat([pend, hidden], dim=1)
+        if self.mtp_steps != 0:                          # states for module 1 (a lookup-only tree needs none)
+            pend = self.pending[1]
+            self.pending[1] = hidden if pend is None else torch.cat([pend, hidden], dim=1)
         if not self.drafted:
             return
         self.drafted = False

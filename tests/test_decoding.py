@@ -340,3 +340,5 @@ def test_mtp_drafter_needs_mtp_modules():
         speculative_generate(model, [1, 2], 4, num_draft=2)
     ref = generate(model, [1, 2], 6)
     assert speculative_generate(model, [1, 2], 6, num_draft=2, drafter="ngram").tokens == ref.tokens
+    assert speculative_generate(model, [1, 2, 1, 2], 6, num_draft=3, drafter="suffix").tokens == \
+        generate(model, [1, 2, 1, 2], 6).tokens                     # lookup only: no MTP module needed
