@@ -124,8 +124,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """attn_mask (T, start + T), True = may attend: the causal_mask of this call when the caller built it once
-        for all its layers, or a tree mask (each draft sees the prefix and its ancestors); rope: the (cos, sin)
+        """attn_mask (T, start + T), True = may attend (or its additive form: 0 or -inf, as MTPModel.forward_main
+        passes it): the causal_mask of this call when the caller built it once for all its layers, or a tree mask
+        (each draft sees the prefix and its ancestors); rope: the (cos, sin)
         tables of this call's positions (RotaryEmbedding.tables; a tree's come from its position ids), looked up
         here from the cache length when not given."""
         B, T, C = x.shape
