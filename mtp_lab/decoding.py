@@ -20,7 +20,7 @@ from __future__ import annotations
 import numbers
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Literal, Sequence, get_args
+from typing import Iterable, Iterator, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -227,6 +227,9 @@ def _prompt_list(model: MTPModel, prompt_ids) -> list[int]:
             raise ValueError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}")
         ids = prompt_ids.tolist()
     else:
+        if isinstance(prompt_ids, str) or not isinstance(prompt_ids, Iterable):
+            raise ValueError(f"prompt_ids must be token ids (a list or tensor), got {type(prompt_ids).__name__}; "
+                             f"encode text first: tokenizer.encode(text).ids")
         ids = list(prompt_ids)
         bad = [x for x in ids if isinstance(x, bool) or not isinstance(x, numbers.Integral)]   # numpy ints pass
         if bad:

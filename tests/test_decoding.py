@@ -311,6 +311,8 @@ def test_ngram_lookup():
     (dict(prompt_ids=[1, 99]), r"token ids must lie in \[0, 32\)"),
     (dict(prompt_ids=[-1, 2]), "token ids must lie"),
     (dict(prompt_ids=[1.0, 2.0]), "integer token ids"),
+    (dict(prompt_ids="def f"), r"got str; encode text first: tokenizer.encode\(text\).ids"),
+    (dict(prompt_ids=object()), r"got object; encode text first"),      # e.g. a tokenizers Encoding, not its .ids
     (dict(prompt_ids=torch.zeros(2, 3, dtype=torch.long)), "batch size 1"),
     (dict(prompt_ids=list(range(32)) * 3), "exceeds max_seq_len"),
     (dict(temperature=-0.5), "temperature"),
