@@ -398,8 +398,8 @@ def _engine(model: MTPModel, prompt: list[int], max_new_tokens: int, k: int, par
         if parents is None:
             n_acc, nxt, u = speculative_accept(drafts, q, p, params, gen)
             path = list(range(n_acc))
-        else:                         # deterministic candidates: y ~ p at each node, follow the child equal to y
-            path, nxt = tree_accept(drafts, parents, p, params, gen)
+        else:                         # a tree: recursive rejection sampling over each node's children (tree_accept)
+            path, nxt = tree_accept(drafts, parents, p, q, params, gen)
             n_acc, u = len(path), torch.zeros(0)
             keep_path(cache.main, start, [0] + [i + 1 for i in path])   # root and path to consecutive positions
             hidden = hidden[:, [0] + [i + 1 for i in path]]

@@ -6,16 +6,19 @@ The drafted nodes x_1..x_N hang under the last committed token t_n (the root, en
     tree mask:     entry e attends to the cached prefix, its ancestors and itself        (ancestor_mask)
     position ids:  prefix length + depth (the root at the prefix length, its children one further)
 so each node sees exactly the sequence it would see on its own path, and the main model scores every node in one
-forward. Acceptance with deterministic children (the drafter's top-b, an n-gram continuation; mtp-facts section 8):
+forward. Acceptance (mtp-facts section 8): at the node x the walk stands on (the root first), with p' = p( . | t_0..t_n,
+path to x), the children are tried in entry order, each drawn from its proposal r:
 
-    at node x (the root first):  y ~ p( . | t_0..t_n, path to x);  if y is a child of x, move to it, else emit y, stop
-    (at a leaf every y is emitted: the bonus token)                                                   (tree_accept)
+    accept child c with probability min(1, p'(c) / r_c(c)) and move to it; else p' <- norm(max(0, p' - r_c))
+    if every child is rejected (or x is a leaf: the bonus), emit y ~ p' and stop                      (tree_accept)
 
-Every emitted token is a draw from the target given the tokens before it, so the output is distributed exactly as
-the main model's own samples; greedy (y = argmax) gives the greedy output token for token. The acceptance at a
-node is sum_{children c} p(c): more siblings, more of p covered. Afterwards every KV cache keeps the root and the
-accepted path only, moved to consecutive positions (keep_path); the nodes come depth-first, best child first, so the
-likeliest path is a prefix of the entries and then costs no copy.
+recursive rejection sampling (SpecInfer; Jeon et al. 2024 without replacement). Greedy: the children are the
+drafter's top-b and the lookup's continuations, and the walk follows the child equal to argmax p. Sampling: the MTP
+children are draws from the drafter's q without replacement (TreeDrafter._sample), the lookup's are deterministic
+(r one-hot: they pass with p'(c)). Every emitted token is a draw from the target given the tokens before it, so the
+output is distributed exactly as the main model's own samples; greedy gives the greedy output token for token.
+Afterwards every KV cache keeps the root and the accepted path only, moved to consecutive positions (keep_path); the
+nodes come depth-first, best child first, so the likeliest path is a prefix of the entries and then costs no copy.
 
 Costs (one thread on a CPU, batch 1): the verify forward of n tokens costs v(n) AR-token times and every module call
 of the drafter c; `measure_costs` times both, `TreeDrafter(cost=...)` uses them to size each step's tree.
@@ -79,19 +82,38 @@ def keep_path(caches: KVCache | list[KVCache], start: int, keep: list[int]) -> N
         cache.truncate(start + len(keep))
 
 
-def tree_accept(tokens: list[int], parents: list[int], p: torch.Tensor, params: SamplingParams,
+def tree_accept(tokens: list[int], parents: list[int], p: torch.Tensor, q: torch.Tensor, params: SamplingParams,
                 generator: torch.Generator | None = None) -> tuple[list[int], int]:
-    """The walk down a tree of deterministic candidates. p (N+1, V): p[0] the target at the root, p[i+1] at node i.
+    """The walk down a tree. p (N+1, V): p[0] the target at the root, p[i+1] at node i; q (N, V): q[i] the proposal
+    node i was drawn from (one-hot: a deterministic candidate, an n-gram continuation or a greedy top-b).
 
-    Returns (path: the accepted nodes, root side first; the next token: a non-child y ~ p, or the bonus at a leaf).
+    Greedy: follow the child equal to argmax p, else emit the argmax. Sampling: recursive rejection sampling over the
+    children of the current node, in entry order (SpecInfer; Jeon et al. 2024 without replacement):
+        accept child x with probability min(1, p'(x) / q_x(x)); on rejection  p' <- norm(max(0, p' - q_x))
+    starting from p' = p at the node; if every child is rejected, emit y ~ p'. Each candidate must be a fresh draw
+    from its q given the siblings tried before it (a one-hot q: any choice made without the target), so every
+    emitted token is a draw from the target. Returns (path: the accepted nodes, root side first; the next token).
     """
-    children: list[dict[int, int]] = [{} for _ in range(len(tokens) + 1)]      # entry -> {token: node}
-    for i, (t, par) in enumerate(zip(tokens, parents, strict=True)):
-        children[par + 1].setdefault(t, i)
+    children: list[list[int]] = [[] for _ in range(len(tokens) + 1)]          # entry -> its child nodes, in order
+    for i, par in enumerate(parents):
+        children[par + 1].append(i)
     path, e = [], 0
     while True:
-        y = params.sample(p[e], generator)
-        node = children[e].get(y)
+        target, node = p[e], None
+        if params.greedy:
+            y = int(target.argmax())
+            node = next((c for c in children[e] if tokens[c] == y), None)
+        else:
+            for c in children[e]:
+                x = tokens[c]
+                if float(torch.rand((), generator=generator, dtype=torch.float64)) * float(q[c, x]) < float(target[x]):
+                    node = c                                                   # u < p'(x) / q(x)
+                    break
+                residual = (target - q[c]).clamp_min(0)                        # max(0, p' - q)
+                mass = residual.sum()
+                target = residual / mass if mass > 0 else target               # p' == q: a rejection of prob. 0
+            if node is None:
+                y = params.sample(target, generator)
         if node is None:
             return path, y
         path.append(node)
@@ -162,7 +184,8 @@ class Acceptance:
 
 class TreeDrafter:
     """A tree of MTP drafts: at each depth the `width` best nodes (by path score) get their `top_b` most likely
-    tokens as children; the `budget` best nodes are verified (EAGLE-2's rerank). Options: `ngram` adds prompt
+    tokens as children (sampling: `top_b` draws from q without replacement, _sample); the `budget` best nodes are
+    verified (EAGLE-2's rerank). Options: `ngram` adds prompt
     lookup's continuations as branches, what followed every earlier match of the context's suffix in one frequency
     tree (merged where it meets an MTP node; hybrid; with `mtp_steps=0` the lookup tree alone: suffix); `cost`
     sizes each step's tree and stops drafting early from the cost model (adaptive): with r the rate the generation
@@ -296,6 +319,9 @@ class TreeDrafter:
         self.key: dict[int, tuple] = {}                       # node -> its calibration key (Acceptance)
         self.kids = _Kids()                                      # node -> {token: child}; the root is -1
         probs_of: dict[int, torch.Tensor] = {}                   # MTP node -> the distribution it was picked from
+        sampled = not params.greedy        # sampling: MTP children drawn from q (_sample), the lookup's come first
+        if sampled and self.ngram is not None:
+            self._add_ngram(-1, tokens, k)
         frontier, used = [-1], 0
         for d in range(k if self.mtp_steps is None else min(k, self.mtp_steps)):
             j = min(d + 1, D)
@@ -306,10 +332,19 @@ class TreeDrafter:
                           key=lambda a: (self.dep[a], a))
             logits = self._call(j, need, len(frontier))                            # (F, V)
             used = max(used, j)
-            q = torch.softmax(logits.float(), dim=-1)                              # (F, V)
-            top_p, top_i = q.topk(self.top_b, dim=-1)                              # (F, b)
             children = []
             level = self.level.setdefault(d, [0.0, 0.0])
+            if sampled:
+                q = params.probs(logits)                                           # (F, V): the proposal
+                for i, x in enumerate(frontier):
+                    level[1] += 1
+                    children += self._sample(x, q[i], d + 1, level, probs_of, generator)
+                frontier = sorted(sorted(children, key=lambda c: -self.score[c])[:self.width])
+                if not frontier:
+                    break
+                continue
+            q = torch.softmax(logits.float(), dim=-1)                              # (F, V)
+            top_p, top_i = q.topk(self.top_b, dim=-1)                              # (F, b)
             for i, x in enumerate(frontier):
                 level[1] += 1
                 for s, t in zip(top_p[i].tolist(), top_i[i].tolist(), strict=True):
@@ -323,7 +358,8 @@ class TreeDrafter:
             if not frontier:
                 break
         if self.ngram is not None:
-            starts = [-1] + ([max(frontier, key=lambda c: self.score[c])] if frontier and frontier != [-1] else [])
+            starts = ([] if sampled else [-1]) + ([max(frontier, key=lambda c: self.score[c])]
+                                                  if frontier and frontier != [-1] else [])
             for x in starts:
                 self._add_ngram(x, tokens, k)
             for x, par in enumerate(self.par):          # merged nodes changed their cond: rescore, parents first
@@ -340,6 +376,33 @@ class TreeDrafter:
                 probs[i, self.tok[x]] = 1.0
         return Draft([self.tok[x] for x in keep], probs, None, forwards=self.calls,
                      parents=[index.get(self.par[x], -1) for x in keep], sources=[self.src[x] for x in keep])
+
+    def _sample(self, x: int, q: torch.Tensor, depth: int, level: list[float], probs_of: dict[int, torch.Tensor],
+                generator: torch.Generator | None) -> list[int]:
+        """Sampling: node x's MTP children, top_b draws from q (V,) without replacement and without the tokens x already
+        has as children (the lookup's, drafted first). Child i's proposal r_i = q less the tokens drawn before it,
+        renormalised (tree_accept tries the children in this order). Its score must not depend on its own token (a
+        node the budget keeps or drops for being the token it is would bias the walk), so its kind is its module, its
+        rank among the draws and the bin of max r_i (how sure the drafter is), and it never exceeds the rank before."""
+        r = q.clone()
+        if self.kids[x]:
+            r[list(self.kids[x])] = 0.0
+        children, cond = [], 1.0
+        for rank in range(self.top_b):
+            mass = float(r.sum())
+            if mass <= 0.0 or len(self.tok) >= self.room:
+                break
+            r = r / mass
+            t = int(torch.multinomial(r, 1, generator=generator))
+            top = float(r.max())
+            key = ("mtp", min(depth, self.depth + 1), bisect.bisect(Q_BINS, top), "draw", rank)
+            cond = min(cond, self.hits.rate(key, prior=top if rank == 0 else 0.5 * top * (1.0 - top)))
+            level[0] += cond
+            children.append(self._add(t, x, cond, "mtp", key, top))
+            probs_of[children[-1]] = r
+            r = r.clone()
+            r[t] = 0.0
+        return children
 
     def _mtp_key(self, depth: int, q: float) -> tuple:
         """An MTP node's calibration key: its module (D + 1 for the recycled levels) and its q bin."""

@@ -113,7 +113,7 @@ def run_engine(model, params, num_draft, drafter, runs, tokens_per_run):
     # trees of deterministic candidates (the MTP modules' top-2, random weights), walked with y ~ p at each node;
     # with module 2 reused past D and, for the hybrid, an n-gram branch merged in
     (2, 4, "mtp-tree", SamplingParams(temperature=1.0), 8, 0.3),
-    (1, 4, "hybrid", SamplingParams(temperature=0.9, top_k=5), 8, 0.3),
+    (1, 4, "hybrid", SamplingParams(temperature=0.9, top_k=5), 8, 0.2),
     # the lookup tree alone: every earlier match's continuation as a branch (one-hot, deterministic children)
     (1, 4, "suffix", SamplingParams(temperature=1.0), 8, 0.1),
     # the adaptive tree: its size and depth chosen per step from scores learned on past steps (a fixed cost model,

@@ -68,13 +68,14 @@ def test_walk_rule_alone_is_exact():
     g = torch.Generator().manual_seed(0)
     p = torch.softmax(torch.randn(4, V, generator=g, dtype=torch.float64), -1)   # root, nodes 0..2
     tokens, parents = [1, 3, 0], [-1, -1, 0]            # root -> {1, 3}; node 0 (token 1) -> {0}
+    q = torch.nn.functional.one_hot(torch.tensor(tokens), V).double()   # deterministic candidates
     params = SamplingParams(temperature=1.0)
     n = 20_000
     first = torch.zeros(V, dtype=torch.float64)
     second = torch.zeros(2, V, dtype=torch.float64)     # after following token 1 (node 0) / token 3 (node 1)
     went_on = 0
     for _ in range(n):
-        path, nxt = tree_accept(tokens, parents, p, params, g)
+        path, nxt = tree_accept(tokens, parents, p, q, params, g)
         out = [tokens[i] for i in path] + [nxt]
         first[out[0]] += 1
         if path:
@@ -87,8 +88,69 @@ def test_walk_rule_alone_is_exact():
     assert stat2 < chi2_quantile(df2)
     acc = float(p[0, 1] + p[0, 3])
     assert abs(went_on / n - acc) < 5 * math.sqrt(acc * (1 - acc) / n)
-    greedy = tree_accept(tokens, parents, p, SamplingParams(), g)
+    greedy = tree_accept(tokens, parents, p, q, SamplingParams(), g)
     assert greedy[1] == int(p[0].argmax()) or greedy[0]   # greedy: the argmax is followed or emitted
+
+
+def test_walk_over_sampled_siblings_is_exact():
+    """Recursive rejection sampling at one node with what a sampled tree puts there: a lookup candidate (one-hot)
+    and two MTP candidates drawn from q without replacement and without the lookup's token. The emitted token
+    follows p (chi-square), the walk goes on as often as the rule's exact probability, enumerated over the draws
+    here, and that enumeration gives exactly p back (the rule itself, derived by hand)."""
+    V, lookup = 5, 2
+    g = torch.Generator().manual_seed(1)
+    p = torch.softmax(1.5 * torch.randn(V, generator=g, dtype=torch.float64), -1)
+    q = torch.softmax(1.5 * torch.randn(V, generator=g, dtype=torch.float64), -1)     # far from p
+    eye = torch.eye(V, dtype=torch.float64)
+
+    def without(r, t):
+        r = r.clone()
+        r[t] = 0.0
+        return r / r.sum()
+
+    def residual(a, b):
+        r = (a - b).clamp_min(0)
+        return r / r.sum()
+
+    r1 = without(q, lookup)
+    # exact: out(y) summed over the draws x1 ~ r1, x2 ~ r2 = r1 less x1, and the accept/reject branches
+    out, went_on = torch.zeros(V, dtype=torch.float64), 0.0
+    a0 = float(p[lookup])                                          # a one-hot candidate passes with p(x)
+    out[lookup] += a0
+    went_on += a0
+    p1 = residual(p, eye[lookup])
+    for x1 in range(V):
+        if r1[x1] == 0:
+            continue
+        a1 = min(1.0, float(p1[x1] / r1[x1]))
+        w1 = (1 - a0) * float(r1[x1])
+        out[x1] += w1 * a1
+        went_on += w1 * a1
+        r2, p2 = without(r1, x1), residual(p1, r1) if a1 < 1 else p1
+        for x2 in range(V):
+            if r2[x2] == 0:
+                continue
+            a2 = min(1.0, float(p2[x2] / r2[x2]))
+            w2 = w1 * (1 - a1) * float(r2[x2])
+            out[x2] += w2 * a2
+            went_on += w2 * a2
+            out += w2 * (1 - a2) * (residual(p2, r2) if a2 < 1 else p2)
+    torch.testing.assert_close(out, p, rtol=0, atol=1e-12)
+
+    params = SamplingParams(temperature=1.0)
+    rows = p[None].expand(4, V)                                   # the root's row, then each (leaf) node's
+    n, first, moved = 20_000, torch.zeros(V, dtype=torch.float64), 0
+    for _ in range(n):
+        x1 = int(torch.multinomial(r1, 1, generator=g))
+        r2 = without(r1, x1)
+        x2 = int(torch.multinomial(r2, 1, generator=g))
+        path, nxt = tree_accept([lookup, x1, x2], [-1, -1, -1], rows, torch.stack([eye[lookup], r1, r2]), params, g)
+        first[[lookup, x1, x2][path[0]] if path else nxt] += 1
+        moved += bool(path)
+    stat, df = chi2(first[None], p[None])
+    assert stat < chi2_quantile(df)
+    assert abs(moved / n - went_on) < 5 * math.sqrt(went_on * (1 - went_on) / n)
+    assert chi2(first[None], q[None])[0] > 10 * chi2_quantile(df)      # the drafter's q alone would fail
 
 
 @pytest.mark.parametrize("name", TREES)
