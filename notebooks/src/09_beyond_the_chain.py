@@ -385,6 +385,27 @@ for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other pro
 # 7.18, 5.43 and 5.34 ms per token): the cheaper each token's overhead, the more a big verify forward's arithmetic shows. Compare
 # drafters within one run.
 #
+# **At temperature 1** the same command with `--temperature 1` (sampled, so outputs are compared by the exactness
+# tests, not token for token). The target is flatter, every drafter's acceptance falls, and the MTP children are
+# draws from $q$ tried by the rule above:
+
+# %% tags=["nbval-check-output"]
+sampled = json.loads((RESULTS / "bench_beyond_chain_t1.json").read_text())
+print(f"temperature {sampled['temperature']}; plain decoding "
+      f"{sampled['rows'][0]['ms_per_main_forward']['ar_token']:.2f} ms per token")
+for name, r in best_rows(sampled["rows"]).items():
+    print(f"{name:9s} k={r['k']:2d}  {r['nodes_per_step'] or 0:4.1f} nodes, {r['tokens_per_main_forward']:4.2f} tokens "
+          f"per verify forward  {r['speedup']:4.2f}x ({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f})")
+
+# %% [markdown]
+# Sampling turns the ranking around. Lookup barely helps: a sampled continuation rarely copies what came before, so
+# `ngram` makes {{1.09}} tokens per verify forward and runs slower than plain decoding ({{0.97x}}). The sampled MTP tree
+# makes more tokens per verify forward than the chain ({{2.93}} against {{2.51}}), but it verifies {{13.8 nodes}}
+# where the chain verifies 4, and on this CPU that costs more than the extra tokens bring: the chain is fastest
+# ({{1.44x}}), the trees reach {{1.17x}} (MTP tree) and {{1.15x}} (hybrid). The adaptive tree shrinks its tree to
+# {{2.7 nodes}} and gets {{1.20x}}: at this temperature it does not find the chain's shape. Where a verify forward of
+# many tokens costs about one (a GPU at batch 1), the tree's extra tokens would count in full.
+#
 # ## What the engines do
 #
 # | engine | tree | drafts per step | n-gram |
