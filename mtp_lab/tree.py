@@ -387,16 +387,21 @@ class TreeDrafter:
         r = q.clone()
         if self.kids[x]:
             r[list(self.kids[x])] = 0.0
+        # the Gumbel top-k trick: the top_b of log r + Gumbel noise are top_b draws without replacement, in order,
+        # in one pass over the vocabulary (torch.multinomial takes about 70 us per draw here)
+        gumbel = -torch.log(-torch.log(torch.rand(r.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)))
+        keys, order = (r.double().log() + gumbel).topk(min(self.top_b, r.shape[0]))
+        draws = [t for t, key in zip(order.tolist(), keys.tolist(), strict=True) if key > -math.inf]
         children, cond = [], 1.0
-        for rank in range(self.top_b):
+        for rank, t in enumerate(draws):
             mass = float(r.sum())
             if mass <= 0.0 or len(self.tok) >= self.room:
                 break
             r = r / mass
-            t = int(torch.multinomial(r, 1, generator=generator))
             top = float(r.max())
             key = ("mtp", min(depth, self.depth + 1), bisect.bisect(Q_BINS, top), "draw", rank)
-            cond = min(cond, self.hits.rate(key, prior=top if rank == 0 else 0.5 * top * (1.0 - top)))
+            # prior: rank 0 as sure as the drafter; a later rank passes if the one before failed, about cond (1 - cond)
+            cond = min(cond, self.hits.rate(key, prior=top if rank == 0 else cond * (1.0 - cond)))
             level[0] += cond
             children.append(self._add(t, x, cond, "mtp", key, top))
             probs_of[children[-1]] = r
@@ -509,11 +514,15 @@ class TreeDrafter:
         """Calibrate on every node drafted last step whose parent was reached, verified or not: at the i-th reached
         node the walk emitted tokens[n + 1 + i] (its draw y, whether or not it matched a child), and a child would
         have been accepted iff it holds that token. So a node the cost model left out is still labelled, and no
-        kind of node is starved of data by being scored low."""
+        kind of node is starved of data by being scored low. Except a node drawn from q (sampling, _sample): whether
+        it passes min(1, p'/r) is a coin of its own, not "the draw y equals it", so it is labelled only if it was
+        verified (a drawn node left out would read as almost never accepted, and stay left out)."""
         emitted = tokens[self.n + 1:]
+        verified = set(self.kept_order)
         for i, node in enumerate(self.walked[:len(emitted)]):
             for x in self.kids[node].values():
-                self.hits.add(self.key[x], self.tok[x] == emitted[i])
+                if x in verified or self.key[x][-2:-1] != ("draw",):
+                    self.hits.add(self.key[x], self.tok[x] == emitted[i])
         self.walked = []
 
     def commit(self, hidden: torch.Tensor, n_kept: int, path: list[int] | None = None) -> None:

@@ -11,7 +11,7 @@ from test_speculative_sampling import chi2, chi2_quantile
 from mtp_lab import DRAFTERS, MTPModel, SamplingParams, TreeDrafter, generate, get_preset, speculative_generate
 from mtp_lab.decoding import make_drafter, speculative_steps
 from mtp_lab.drafters import NGramDrafter
-from mtp_lab.tree import TreeCost, ancestor_mask, keep_path, measure_costs, tree_accept
+from mtp_lab.tree import TreeCost, _Kids, ancestor_mask, keep_path, measure_costs, tree_accept
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,6 +151,37 @@ def test_walk_over_sampled_siblings_is_exact():
     assert stat < chi2_quantile(df)
     assert abs(moved / n - went_on) < 5 * math.sqrt(went_on * (1 - went_on) / n)
     assert chi2(first[None], q[None])[0] > 10 * chi2_quantile(df)      # the drafter's q alone would fail
+
+
+def test_sampled_children_are_draws_without_replacement(trained):  # noqa: F811
+    """TreeDrafter._sample (the Gumbel top-k trick): the first child follows q less the tokens the node already has,
+    the second that less the first; each child's recorded proposal is exactly that distribution."""
+    V = trained.config.vocab_size
+    q = torch.zeros(V)
+    q[[1, 4, 7, 9]] = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    drafter = TreeDrafter(trained, top_b=2)
+    g = torch.Generator().manual_seed(0)
+    pairs, n = torch.zeros(V, V, dtype=torch.float64), 8_000
+    for _ in range(n):
+        drafter.tok, drafter.par, drafter.dep, drafter.score, drafter.src, drafter.q, drafter.cond = ([] for _ in range(7))
+        drafter.key, drafter.kids, drafter.room = {}, _Kids(), 10
+        drafter.kids[-1][9] = 99                        # the root already holds token 9 (as a lookup child would)
+        probs = {}
+        a, b = drafter._sample(-1, q, 1, [0.0, 0.0], probs, g)
+        x1, x2 = drafter.tok[a], drafter.tok[b]
+        pairs[x1, x2] += 1
+    r1 = q.double().clone()
+    r1[9] = 0
+    r1 /= r1.sum()
+    r2 = r1.clone()
+    r2[x1] = 0
+    torch.testing.assert_close(probs[a].double(), r1)
+    torch.testing.assert_close(probs[b].double(), r2 / r2.sum())
+    exact = r1[:, None] * r1[None, :] / (1 - r1[:, None])        # P(x1 = i, x2 = j), j != i
+    exact.fill_diagonal_(0)
+    stat, df = chi2(pairs[[1, 4, 7]][:, [1, 4, 7]][None].flatten(1), exact[[1, 4, 7]][:, [1, 4, 7]][None].flatten(1))
+    assert pairs[9].sum() == pairs[:, 9].sum() == pairs.diagonal().sum() == 0
+    assert stat < chi2_quantile(df)
 
 
 @pytest.mark.parametrize("name", TREES)
@@ -310,24 +341,32 @@ def test_rate_rule_grows_confident_trees_and_shrinks_doubtful_ones():
     assert TreeCost(c=0.1, v=(1.0, 1.05, 1.3, 1.4)).best_size([0.9, 0.3], rate=2.0) == 1
 
 
-def test_calibration_labels_every_drafted_child_of_a_reached_node(trained):  # noqa: F811
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_calibration_labels_every_drafted_child_of_a_reached_node(trained, temperature):  # noqa: F811
     """The scores learn from every drafted node whose parent the walk reached, verified or not: at each reached node
     (root, then the accepted path) a child counts as accepted iff it holds the token the walk emitted there. With a
-    budget of 2 most drafted nodes go unverified and must still be counted."""
+    budget of 2 most drafted nodes go unverified and must still be counted. Sampling: a node drawn from q passes by a
+    coin of its own, so it counts only if it was verified (the lookup's deterministic nodes still count always)."""
     drafter = TreeDrafter(trained, top_b=3, ngram=NGramDrafter(32), cost=COST, budget=2)
-    last, checked, unverified = None, 0, 0
-    for ev in speculative_steps(trained, [3, 6, 9, 12, 15, 18, 3, 6, 9], 24, num_draft=4, drafter=drafter):
+    last, checked, unverified, drawn_skipped = None, 0, 0, 0
+    for ev in speculative_steps(trained, [3, 6, 9, 12, 15, 18, 3, 6, 9], 40, num_draft=4, drafter=drafter,
+                                temperature=temperature, seed=5):
         counts = [sum(c[i] for c in drafter.hits.counts.values()) for i in (0, 1)]   # accepted, reached
         if last is not None and ev.draft_tokens:   # this event's proposal labelled the tree of the last event
-            tok, par, prev, before = last
+            tok, par, prev, before, verified, keys = last
             reached = [-1] + _path_nodes(tok, par, prev)
-            want = [sum(p in reached and tok[x] == prev.emitted[reached.index(p)] for x, p in enumerate(par)),
-                    sum(p in reached for p in par)]
+            counted = [x in verified or keys[x][-2:-1] != ("draw",) for x in range(len(tok))]
+            want = [sum(p in reached and counted[x] and tok[x] == prev.emitted[reached.index(p)]
+                        for x, p in enumerate(par)),
+                    sum(p in reached and counted[x] for x, p in enumerate(par))]
             assert [counts[0] - before[0], counts[1] - before[1]] == want
             checked += 1
-            unverified += want[1] > len(prev.draft_tokens)
-        last = (list(drafter.tok), list(drafter.par), ev, counts) if ev.draft_tokens else None
+            unverified += sum(p in reached and counted[x] and x not in verified for x, p in enumerate(par)) > 0
+            drawn_skipped += sum(p in reached and not counted[x] for x, p in enumerate(par))
+        last = ((list(drafter.tok), list(drafter.par), ev, counts, set(drafter.kept_order), dict(drafter.key))
+                if ev.draft_tokens else None)
     assert checked >= 3 and unverified >= 1
+    assert (drawn_skipped > 0) == (temperature > 0)
 
 
 def _path_nodes(tok: list[int], par: list[int], ev) -> list[int]:
