@@ -163,7 +163,8 @@ def test_sampled_children_are_draws_without_replacement(trained):  # noqa: F811
     g = torch.Generator().manual_seed(0)
     pairs, n = torch.zeros(V, V, dtype=torch.float64), 8_000
     for _ in range(n):
-        drafter.tok, drafter.par, drafter.dep, drafter.score, drafter.src, drafter.q, drafter.cond = ([] for _ in range(7))
+        for name in ("tok", "par", "dep", "score", "src", "q", "cond"):
+            setattr(drafter, name, [])
         drafter.key, drafter.kids, drafter.room = {}, _Kids(), 10
         drafter.kids[-1][9] = 99                        # the root already holds token 9 (as a lookup child would)
         probs = {}
