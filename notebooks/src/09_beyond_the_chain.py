@@ -400,10 +400,11 @@ for name, r in best_rows(sampled["rows"]).items():
 # %% [markdown]
 # Sampling turns the ranking around. Lookup barely helps: a sampled continuation rarely copies what came before, so
 # `ngram` makes {{1.09}} tokens per verify forward and runs slower than plain decoding ({{0.97x}}). The sampled MTP tree
-# makes more tokens per verify forward than the chain ({{2.93}} against {{2.51}}), but it verifies {{13.8 nodes}}
+# makes more tokens per verify forward than the chain ({{2.93}} against {{2.51}}), but it verifies {{13.9 nodes}}
 # where the chain verifies 4, and on this CPU that costs more than the extra tokens bring: the chain is fastest
-# ({{1.44x}}), the trees reach {{1.17x}} (MTP tree) and {{1.15x}} (hybrid). The adaptive tree shrinks its tree to
-# {{2.7 nodes}} and gets {{1.20x}}: at this temperature it does not find the chain's shape. Where a verify forward of
+# ({{1.45x}}), the trees reach {{1.30x}} (MTP tree) and {{1.25x}} (hybrid). The adaptive tree shrinks its tree to
+# {{4.3 nodes}} and ties the best tree, but its candidates still cost more per token than the chain's. Where a
+# verify forward of
 # many tokens costs about one (a GPU at batch 1), the tree's extra tokens would count in full.
 #
 # ## What the engines do
