@@ -354,7 +354,8 @@ print(f"{mtp_based['drafter']}'s drafts with a verify as cheap as one token (v =
       f"{mtp_based['tokens_per_main_forward'] / (d + 1 + o):.2f}x")
 for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other prompts"),
                    ("bench_beyond_chain_threads1_rerun.json", "the same command again"),
-                   ("bench_beyond_chain_threads1_rerun2.json", "and a third time")):
+                   ("bench_beyond_chain_threads1_rerun2.json", "and a third time"),
+                   ("bench_beyond_chain_threads1_rerun3.json", "a fourth time, hours later")):
     other = json.loads((RESULTS / file).read_text())
     b = best_rows(other["rows"])
     print(f"{what} (plain decoding {other['rows'][0]['ms_per_main_forward']['ar_token']:.2f} ms per token): " +
@@ -374,7 +375,8 @@ for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other pro
 #   sources, a fifth by the MTP modules alone.
 # - **The adaptive tree gets as far with less**: {{3.15x}} with {{11.7}} nodes and {{1.2}} module calls per verify
 #   forward against the hybrid's {{15.5}} and {{3.7}}. Run again twice, with plain decoding faster per token, it led:
-#   {{2.91x}} against {{2.86x}} (n-gram {{2.38x}}), then {{2.90x}} against {{2.85x}} (n-gram {{2.42x}}); on 8 other
+#   {{2.91x}} against {{2.86x}} (n-gram {{2.38x}}), then {{2.90x}} against {{2.85x}} (n-gram {{2.42x}}), and a fourth
+#   time, slower per token again, {{3.17x}} against {{3.07x}} (n-gram {{2.42x}}); on 8 other
 #   prompts, with less copying, it leads clearly: {{2.79x}} against {{2.55x}} (n-gram {{1.92x}}). Where the extra
 #   nodes and calls pay depends on the machine's state, and the adaptive tree weighs them against the rate it reaches.
 # - **What bounds it**: every verify forward of the hybrid tree yields about 7 tokens but costs about 2.2 AR steps,
@@ -382,7 +384,7 @@ for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other pro
 #   drafts would give {{4.48x}}.
 #
 # These numbers move with the machine: the runs of the same command above differ by up to 0.35 (plain decoding took
-# 7.18, 5.43 and 5.34 ms per token): the cheaper each token's overhead, the more a big verify forward's arithmetic shows. Compare
+# 7.18, 5.43, 5.34 and 7.53 ms per token): the cheaper each token's overhead, the more a big verify forward's arithmetic shows. Compare
 # drafters within one run.
 #
 # **At temperature 1** the same command with `--temperature 1` (sampled, so outputs are compared by the exactness
