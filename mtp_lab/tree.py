@@ -334,19 +334,13 @@ class TreeDrafter:
             used = max(used, j)
             children = []
             level = self.level.setdefault(d, [0.0, 0.0])
-            if sampled:
-                q = params.probs(logits)                                           # (F, V): the proposal
-                for i, x in enumerate(frontier):
-                    level[1] += 1
-                    children += self._sample(x, q[i], d + 1, level, probs_of, generator)
-                frontier = sorted(sorted(children, key=lambda c: -self.score[c])[:self.width])
-                if not frontier:
-                    break
-                continue
-            q = torch.softmax(logits.float(), dim=-1)                              # (F, V)
+            q = params.probs(logits) if sampled else torch.softmax(logits.float(), dim=-1)   # (F, V)
             top_p, top_i = q.topk(self.top_b, dim=-1)                              # (F, b)
             for i, x in enumerate(frontier):
                 level[1] += 1
+                if sampled:                                                        # draws from q, the proposal
+                    children += self._sample(x, q[i], d + 1, level, probs_of, generator)
+                    continue
                 for s, t in zip(top_p[i].tolist(), top_i[i].tolist(), strict=True):
                     key = self._mtp_key(d + 1, s)
                     a = self.hits.rate(key, prior=s)
