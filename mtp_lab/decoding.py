@@ -28,7 +28,7 @@ import torch
 from .config import check_choice, check_int
 from .drafters import Drafter, DrafterName, MTPDrafter, NGramDrafter, Recycle
 from .model import MTPModel
-from .sampling import SamplingParams
+from .sampling import SamplingParams, residual
 from .tree import TreeCost, TreeDrafter, ancestor_mask, keep_path, measure_costs, tree_accept, tree_cost
 
 DRAFTERS: tuple[str, ...] = get_args(DrafterName)      # every drafter make_drafter builds by name
@@ -202,11 +202,7 @@ def speculative_accept(draft: Sequence[int], q: torch.Tensor, p: torch.Tensor, p
         ok = u * q[idx, d] < p[idx, d]                                             # (k,)
         n_acc = int(ok.long().cumprod(0).sum())
     if n_acc < k:
-        residual = (p[n_acc] - q[n_acc]).clamp_min(0)                              # max(0, p - q)
-        mass = residual.sum()
-        # p == q up to rounding leaves no residual mass (and such a rejection has probability ~0): use p
-        dist = residual / mass if mass > 0 else p[n_acc]
-        return n_acc, params.sample(dist, generator), u
+        return n_acc, params.sample(residual(p[n_acc], q[n_acc]), generator), u   # norm(max(0, p - q))
     return n_acc, params.sample(p[k], generator), u
 
 

@@ -68,6 +68,14 @@ def probs_from_logits(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     return probs
 
 
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p - q)): what the target p still owes after a draft drawn from q was rejected (speculative
+    sampling's correction). p == q up to rounding leaves no mass (such a rejection has probability ~0): then p."""
+    r = (p - q.to(p)).clamp_min(0)
+    mass = r.sum()
+    return r / mass if mass > 0 else p
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Validated decoding settings. temperature 0 means greedy (argmax)."""

@@ -40,7 +40,7 @@ from .config import check_int, check_number
 from .drafters import Draft, NGramDrafter, Recycle
 from .layers import KVCache
 from .model import ModelCache, MTPModel
-from .sampling import SamplingParams
+from .sampling import SamplingParams, residual
 
 
 def ancestor_mask(parents: list[int], prefix: int, new: int | None = None, device=None
@@ -109,9 +109,7 @@ def tree_accept(tokens: list[int], parents: list[int], p: torch.Tensor, q: torch
                 if float(torch.rand((), generator=generator, dtype=torch.float64)) * float(q[c, x]) < float(target[x]):
                     node = c                                                   # u < p'(x) / q(x)
                     break
-                residual = (target - q[c]).clamp_min(0)                        # max(0, p' - q)
-                mass = residual.sum()
-                target = residual / mass if mass > 0 else target               # p' == q: a rejection of prob. 0
+                target = residual(target, q[c])                                # norm(max(0, p' - q))
             if node is None:
                 y = params.sample(target, generator)
         if node is None:
@@ -515,7 +513,7 @@ class TreeDrafter:
         verified = set(self.kept_order)
         for i, node in enumerate(self.walked[:len(emitted)]):
             for x in self.kids[node].values():
-                if x in verified or self.key[x][-2:-1] != ("draw",):
+                if x in verified or "draw" not in self.key[x]:
                     self.hits.add(self.key[x], self.tok[x] == emitted[i])
         self.walked = []
 
