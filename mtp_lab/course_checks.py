@@ -529,9 +529,17 @@ def _tree_walk(fn) -> str:
             "given the tokens before it, so the tree is lossless whatever its shape.")
 
 
-@exercise("tree_size", "09", "expected tokens of the nodes you verify minus r times what the verify forward costs; "
-                             "that forward also carries the root, so N nodes cost v(N + 1) = v[N]. Try every N "
-                             "from 0, keep the best value (the first on ties).")
+def _node_by_node(scores, v, r, root: bool) -> int:
+    """The nodes verified best first while s_n > r (cost of the n-th): with the root in the forward, v[n] - v[n - 1]."""
+    n = 0
+    while n < len(scores) and scores[n] > r * ((v[n + 1] - v[n]) if root else (v[n] - v[n - 1] if n else 0.0)):
+        n += 1
+    return n
+
+
+@exercise("tree_size", "09", "take the nodes best first; the n-th (1-based) goes in while it brings more than r "
+                             "times what it adds to the verify forward, which also carries the root: v(n + 1) - v(n) "
+                             "= v[n] - v[n - 1]. Stop at the first that does not pay.")
 def _tree_size(fn) -> str:
     flat = [1.0, 1.02, 1.05, 1.1, 1.3, 1.45, 1.6, 1.8, 2.0]          # v(1), v(2), ...: flat, then rising
     steady = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8]
@@ -539,21 +547,23 @@ def _tree_size(fn) -> str:
     for scores, v, r in (([0.9, 0.8, 0.6, 0.3, 0.2, 0.1, 0.05], flat, 2.5),
                          ([0.9, 0.9, 0.9, 0.25, 0.25, 0.25, 0.25], steady, 2.0),
                          ([0.3, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15], steady, 2.0),
-                         ([0.9, 0.3], jump, 2.0)):
-        value = [sum(scores[:n]) - r * v[n] for n in range(len(scores) + 1)]
-        want = max(range(len(value)), key=value.__getitem__)
+                         ([0.9, 0.3, 0.3, 0.3], jump, 2.0)):
+        want = _node_by_node(scores, v, r, root=True)
         got = call(fn, scores, v, r)
         if isinstance(got, float) and not float(got).is_integer():
             raise Wrong("return the number of nodes to verify (an int), not the value it reaches")
         if got != want:
-            no_root = [sum(scores[:n]) - r * v[max(n - 1, 0)] for n in range(len(scores) + 1)]
+            value = [sum(scores[:n]) - r * v[n] for n in range(len(scores) + 1)]
             ratio = [(1 + sum(scores[:n])) / v[n] for n in range(len(scores) + 1)]
-            if got == max(range(len(value)), key=no_root.__getitem__) != want:
-                raise Wrong(f"tree_size(..., r={r}) = {got}: the verify forward of N nodes also carries the root, "
-                            f"so it costs v[N], not v[N - 1]")
+            if got == _node_by_node(scores, v, r, root=False) != want:
+                raise Wrong(f"tree_size(..., r={r}) = {got}: the verify forward of n nodes also carries the root, "
+                            f"so the n-th node adds v[n] - v[n - 1], not v[n - 1] - v[n - 2]")
+            if got == max(range(len(value)), key=value.__getitem__) != want:
+                raise Wrong(f"tree_size(..., r={r}) = {got}: that is the best N overall, which looks past the jump "
+                            f"in v at the nodes behind it; decide node by node, each from the nodes before it")
             if got == max(range(len(value)), key=ratio.__getitem__) != want:
                 raise Wrong(f"tree_size(..., r={r}) = {got}: that is the best rate of this step alone; weigh each "
                             f"node against r, the rate the whole generation already reaches")
             raise Wrong(f"tree_size({scores}, v, r={r}) = {got}, expected {want}")
-    return ("a node is worth its place when it brings more than r times what it costs: TreeCost.best_size does "
+    return ("a node is worth its place when it brings more than r times what it adds: TreeCost.best_size does "
             "this every step, with r measured as the generation runs.")

@@ -143,18 +143,23 @@ class TreeCost:
 
     def best_size(self, scores: list[float], rate: float) -> int:
         """How many of the best nodes (scores: descending acceptance estimates) to verify, with r = `rate` the rate the
-        generation reaches (tokens per AR-token time): argmax over N of
-            sum of the N best scores - r v(N + 1)
-        a node is verified when it brings more than r times what it costs. This maximises the rate of the whole
-        generation, not of one step (renewal-reward): a confident step grows a bigger tree, a doubtful one a smaller
-        tree, where the step's own ratio (1 + sum) / (calls c + v(N + 1)) does the opposite. The first N on ties."""
-        best, best_value, gain = 0, -rate * self.verify(1), 0.0
-        for n, s in enumerate(scores, start=1):
-            gain += s
-            value = gain - rate * self.verify(n + 1)
-            if value > best_value:
-                best, best_value = n, value
-        return best
+        generation reaches (tokens per AR-token time): the n-th node is verified iff the one before it is and
+            s_n > r (v(n + 1) - v(n))
+        it brings more than r times what it adds to the verify forward (the root rides in every forward: n nodes cost
+        v(n + 1)). Weighing each node against r maximises the rate of the whole generation, not of one step
+        (renewal-reward): a confident step grows a bigger tree, a doubtful one a smaller tree, where the step's own
+        ratio (1 + sum) / (calls c + v(N + 1)) does the opposite. On a convex v this is the argmax over N of
+        sum of the N best scores - r v(N + 1).
+
+        The rule is causal: whether a node is verified depends on the nodes ranked before it only, never on its own
+        children (they rank after it). Sampling needs that. The argmax over N looks past a jump in v at the nodes
+        behind it, and a drawn node whose place hung on the draws below it would be verified more often when it is a
+        token whose children the drafter is sure of: the walk over siblings would no longer emit exact samples
+        (TreeDrafter._sample)."""
+        n = 0
+        while n < len(scores) and scores[n] > rate * (self.verify(n + 2) - self.verify(n + 1)):
+            n += 1
+        return n
 
 
 Q_BINS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)   # bin edges of the drafter's q
@@ -187,10 +192,10 @@ class TreeDrafter:
     lookup's continuations as branches, what followed every earlier match of the context's suffix in one frequency
     tree (merged where it meets an MTP node; hybrid; with `mtp_steps=0` the lookup tree alone: suffix); `cost`
     sizes each step's tree and stops drafting early from the cost model (adaptive): with r the rate the generation
-    reaches (tokens per AR-token time, measured), a step verifies the N best nodes maximising
-    sum of scores - r v(N + 1) (TreeCost.best_size), and drafts another MTP level only if its expected children
-    (the frontier's scores times the running children-to-parent score ratio at that depth) raise that value by
-    more than r c.
+    reaches (tokens per AR-token time, measured), a step verifies its best nodes while each brings more than r times
+    what it adds to the verify forward (TreeCost.best_size), and drafts another MTP level only if its expected
+    children (the frontier's scores times the running children-to-parent score ratio at that depth) raise the
+    tree's value, expected tokens - r (calls c + v(N + 1)), by more than r c.
 
     Path score of a node = its parent's score times its estimated chance of acceptance once the parent is reached,
     the running acceptance of its kind (Acceptance): for an MTP node, nodes of the same module whose q fell in the

@@ -62,7 +62,17 @@ def _walk_rows_off_by_one(tokens, parents, p, sample):
 
 
 def _size(scores, v, r, root=1):
-    values = [sum(scores[:n]) - r * v[max(n + root - 1, 0)] for n in range(len(scores) + 1)]
+    """Node by node: the n-th (1-based) goes in while s_n > r times what it adds, v[n] - v[n - 1] with the root in
+    the forward (root=0: v[n - 1] - v[n - 2], the forward without it)."""
+    n = 0
+    while n < len(scores) and scores[n] > r * (v[n + root] - v[n + root - 1] if n + root else 0.0):
+        n += 1
+    return n
+
+
+def _size_overall(scores, v, r):
+    """The best N overall, argmax of sum s - r v(N + 1): not causal, the tempting wrong answer on a steppy v."""
+    values = [sum(scores[:n]) - r * v[n] for n in range(len(scores) + 1)]
     return max(range(len(values)), key=values.__getitem__)
 
 
@@ -144,6 +154,7 @@ CASES = {
                            "NODES"), (_walk_rows_off_by_one, "root's row"), (_walk_resampling, "draw once"),
                           (lambda t, par, p, s: (_walk(t, par, p, s)[0], None), "without a token")]),
     "tree_size": (_size, [(lambda *a: _size(*a, root=0), "carries the root"),
+                          (_size_overall, "best N overall"),
                           (_size_of_one_step, "this step alone"),
                           (lambda *a: float(_size(*a)) + 0.5, "not the value")]),
     "lossless": (dict(LOSSLESS), [({**LOSSLESS, "Medusa typical acceptance": True}, "1 of 8 answers wrong"),

@@ -2,6 +2,7 @@
 greedy trees reproduce AR, and every cache after a tree step equals a fresh forward over the committed tokens."""
 
 import math
+import random
 
 import pytest
 import torch
@@ -340,6 +341,30 @@ def test_rate_rule_grows_confident_trees_and_shrinks_doubtful_ones():
     assert step_ratio(doubtful) == 8
     # the root rides in every verify forward: N nodes cost v(N + 1) (0.9 - 2 * 1.05 > 1.2 - 2 * 1.3)
     assert TreeCost(c=0.1, v=(1.0, 1.05, 1.3, 1.4)).best_size([0.9, 0.3], rate=2.0) == 1
+
+
+def test_tree_size_rule_is_causal():
+    """Sampling: whether the n-th best node is verified must not hang on the nodes ranked after it (its own children
+    are among them, and their scores depend on the token it drew). The rule decides each node from the ones before it,
+    so its answer on any prefix of the scores is its answer on the whole list. The argmax over N of
+    sum s - r v(N + 1) is not causal: with v = (1, 1.5, 1.5, 1.5) and r = 1, one node of 0.3 does not pay for the
+    jump at two tokens (0.3 - 1.5 < -1), three of them do (0.9 - 1.5 > -1)."""
+    v = (1.0, 1.5, 1.5, 1.5)
+
+    def argmax(scores, r):
+        value = [sum(scores[:n]) - r * v[n] for n in range(len(scores) + 1)]
+        return max(range(len(value)), key=value.__getitem__)
+
+    assert (argmax([0.3], 1.0), argmax([0.3] * 3, 1.0)) == (0, 3)
+    cost = TreeCost(c=0.1, v=v)
+    # hand-derived: the first node must bring more than r (1.5 - 1) = 0.5, later ones more than 0
+    assert [cost.best_size(s, rate=1.0) for s in ([0.3], [0.3] * 3, [0.6, 0.3, 0.0], [0.6, 0.3, 0.3])] == [0, 0, 2, 3]
+    g = random.Random(0)
+    for _ in range(300):
+        cost = TreeCost(c=0.1, v=tuple([1.0] + sorted(1.0 + 2 * g.random() for _ in range(g.randint(1, 12)))))
+        scores, rate = sorted((g.random() for _ in range(g.randint(1, 24))), reverse=True), g.uniform(0.5, 4.0)
+        n = cost.best_size(scores, rate)
+        assert all(cost.best_size(scores[:m], rate) == min(n, m) for m in range(len(scores) + 1))
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

@@ -265,21 +265,28 @@ fig
 # On this CPU the forward is not free: {{v(8) = 1.40}}, {{v(16) = 1.57}}, {{v(64) = 2.77}} AR steps. A tree of
 # {{up to 9 nodes}} fits in 1.5 AR steps, {{up to 27 nodes}} in 2. So the fixed trees here hold at most 16 nodes,
 # and the adaptive drafter decides per step, from this curve and the measured draft cost, how many of its best nodes
-# (up to 32) to verify:
+# (up to 32) to verify: it takes them best first, and the $n$-th goes in while
 #
-# $$N^* = \arg\max_N \Big(\sum_{i \le N} s_i \;-\; r\, v(N+1)\Big)$$
+# $$s_n \;>\; r\,\big(v(n+1) - v(n)\big)$$
 #
 # with $s_i$ the acceptance estimates of the best nodes and $r$ the rate the generation already reaches, in tokens per
 # AR-token time, measured as it runs. A node's estimate is its path score: the product, along its path, of how often
 # nodes of its kind were accepted once their parent was (MTP module and probability bin, or n-gram match length and
-# share of the matches), learned online from every drafted node, verified or not. A node earns its place when it brings more than $r$ times
-# what it costs.
+# share of the matches), learned online from every drafted node, verified or not. A node earns its place when it
+# brings more than $r$ times what it adds to the verify forward (the root rides in every forward, so $n$ nodes cost
+# $v(n+1)$).
 #
 # Why not maximise this step's own rate, $(1 + \sum s_i) / (\text{calls}\cdot c + v(N+1))$? Because then a confident
 # step's own high rate sets the bar and stops its tree early, while a doubtful step grows a big tree of poor nodes:
 # the opposite of what pays. What counts is the rate of the whole generation (the renewal-reward argument), so each
 # node is weighed against $r$. The drafter also stops drafting another MTP level when that level's expected children
 # cannot pay $r\,c$ for the call.
+#
+# Why node by node, and not the best $N$ overall, $\arg\max_N \sum_{i \le N} s_i - r\,v(N+1)$? On a convex $v$ the
+# two agree. On this CPU's steppy curve the argmax looks past a jump at the nodes behind it, so whether a node is
+# verified can hang on its own children. Under sampling that breaks exactness: a drawn node would be verified more
+# often when it is a token whose children the drafter is sure of, and the walk over siblings assumes every drawn
+# node is tried whatever token it drew. The node-by-node rule decides each node from the ones ranked before it.
 #
 # On a GPU the picture changes: notebook 08's roofline puts the ridge of a 7B model on an H100-class GPU at about
 # 206 positions. Below it a forward reads the same weights whatever $n$, so $v(n) \approx 1$ for trees of tens of
@@ -295,8 +302,8 @@ for nodes in (1, 4, 16, 64):
 # ### Exercise 2: how big a tree?
 #
 # `scores` are the acceptance estimates of the best candidate nodes (descending), `v[n-1]` the verify cost of $n$
-# tokens and `r` the rate the generation reaches. Return the number of nodes $N$ (0 to `len(scores)`) that maximises
-# $\sum_{i \le N} s_i - r\,v(N+1)$ (the first $N$ on ties).
+# tokens and `r` the rate the generation reaches. Return the number of nodes $N$ (0 to `len(scores)`) to verify:
+# take the nodes best first while the $n$-th brings more than it costs, $s_n > r\,(v(n+1) - v(n))$.
 
 # %%
 def tree_size(scores, v, r):
@@ -473,12 +480,10 @@ check("tree_walk", tree_walk)
 # %% tags=["solution"] jupyter={"source_hidden": true}
 # %%solution
 def tree_size(scores, v, r):
-    best, best_value = 0, -r * v[0]
-    for n in range(1, len(scores) + 1):
-        value = sum(scores[:n]) - r * v[n]          # n nodes + the root: v(n + 1) = v[n]
-        if value > best_value:
-            best, best_value = n, value
-    return best
+    n = 0
+    while n < len(scores) and scores[n] > r * (v[n + 1] - v[n]):   # node n + 1 adds v(n + 2) - v(n + 1)
+        n += 1
+    return n
 
 
 check("tree_size", tree_size)
