@@ -361,8 +361,7 @@ print(f"{mtp_based['drafter']}'s drafts with a verify as cheap as one token (v =
       f"{mtp_based['tokens_per_main_forward'] / (d + 1 + o):.2f}x")
 for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other prompts"),
                    ("bench_beyond_chain_threads1_rerun.json", "the same command again"),
-                   ("bench_beyond_chain_threads1_rerun2.json", "and a third time"),
-                   ("bench_beyond_chain_threads1_rerun3.json", "a fourth time, hours later")):
+                   ("bench_beyond_chain_threads1_rerun2.json", "and a third time")):
     other = json.loads((RESULTS / file).read_text())
     b = best_rows(other["rows"])
     print(f"{what} (plain decoding {other['rows'][0]['ms_per_main_forward']['ar_token']:.2f} ms per token): " +
@@ -372,27 +371,25 @@ for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other pro
 # %% [markdown]
 # What it shows:
 #
-# - **A tree raises $\tau$, not by itself the speed.** The MTP tree accepts {{5.43}} tokens per step against the
-#   chain's {{4.81}}, but 16 nodes cost a verify forward of about 1.6 AR steps on this CPU, plus a module call per
-#   level: it ends up slower than the chain.
-# - **Lookup pays, and more as a tree**: prompt lookup alone reaches {{2.51x}}; what followed every earlier match, as
-#   one tree, {{2.84x}} ({{4.17}} tokens per verify forward against {{3.38}}), with no weights and no module call.
-# - **MTP and lookup in one tree is the fastest**: the hybrid reaches {{3.21x}} over plain decoding, {{1.28x}} the
-#   n-gram drafter's best and {{1.13x}} the lookup tree's; a quarter of its accepted drafts were proposed by both
-#   sources, a fifth by the MTP modules alone.
-# - **The adaptive tree gets as far with less**: {{3.15x}} with {{11.7}} nodes and {{1.2}} module calls per verify
-#   forward against the hybrid's {{15.5}} and {{3.7}}. Run again twice, with plain decoding faster per token, it led:
-#   {{2.91x}} against {{2.86x}} (n-gram {{2.38x}}), then {{2.90x}} against {{2.85x}} (n-gram {{2.42x}}), and a fourth
-#   time, slower per token again, {{3.17x}} against {{3.07x}} (n-gram {{2.42x}}); on 8 other
-#   prompts, with less copying, it leads clearly: {{2.79x}} against {{2.55x}} (n-gram {{1.92x}}). Where the extra
-#   nodes and calls pay depends on the machine's state, and the adaptive tree weighs them against the rate it reaches.
-# - **What bounds it**: every verify forward of the hybrid tree yields about 7 tokens but costs about 2.2 AR steps,
-#   1.6 of them the verify forward itself. With a verify as cheap as one token, as on a GPU at batch 1, the same
-#   drafts would give {{4.48x}}.
+# - **A tree raises $\tau$, not by itself the speed.** The MTP tree accepts {{5.46}} tokens per step against the
+#   chain's {{3.78}}, but 16 nodes cost a verify forward of about 1.9 AR steps on this CPU, plus a module call per
+#   level: it ends up slower than the chain ({{1.76x}} against {{2.04x}}).
+# - **Lookup pays, and more as a tree**: prompt lookup alone reaches {{2.42x}}; what followed every earlier match, as
+#   one tree, {{2.65x}} ({{4.17}} tokens per verify forward against {{3.38}}), with no weights and no module call.
+# - **MTP and lookup in one tree, sized per step, is the fastest**: the adaptive tree reaches {{2.81x}} over plain
+#   decoding, {{1.16x}} the n-gram drafter's best and {{1.06x}} the lookup tree's, ahead of the fixed hybrid tree
+#   ({{2.78x}}) with {{10.6}} nodes and {{1.4}} module calls per verify forward against its {{15.5}} and {{3.7}}.
+#   Run again, it led each time: {{2.85x}} against {{2.65x}} (n-gram {{2.36x}}), then {{3.00x}} against {{2.75x}}
+#   (n-gram {{2.46x}}); on 8 other prompts, with less copying, {{2.46x}} against {{2.31x}} (n-gram {{1.92x}}). About
+#   a quarter of its accepted drafts were proposed by the MTP modules, alone or with the lookup.
+# - **What bounds it**: every verify forward of the hybrid tree yields about 7 tokens but costs about 2.5 AR steps,
+#   1.9 of them the verify forward itself. With a verify as cheap as one token, as on a GPU at batch 1, the adaptive
+#   tree's drafts would give {{3.95x}}.
 #
-# These numbers move with the machine: the runs of the same command above differ by up to 0.35 (plain decoding took
-# 7.18, 5.43, 5.34 and 7.53 ms per token): the cheaper each token's overhead, the more a big verify forward's arithmetic shows. Compare
-# drafters within one run.
+# These numbers move with the machine. All three runs here caught it in its fast state (plain decoding 4.4-5.1 ms
+# per token), where the margin over lookup is narrowest: the cheaper each token's overhead, the more a big verify
+# forward's arithmetic shows; in slower states the margin was wider (`docs/speculative.md` keeps the earlier runs).
+# Compare drafters within one run.
 #
 # **At temperature 1** the same command with `--temperature 1` (sampled, so outputs are compared by the exactness
 # tests, not token for token). The target is flatter, every drafter's acceptance falls, and the MTP children are
@@ -408,13 +405,13 @@ for name, r in best_rows(sampled["rows"]).items():
 
 # %% [markdown]
 # Sampling turns the ranking around. Lookup barely helps: a sampled continuation rarely copies what came before, so
-# `ngram` makes {{1.09}} tokens per verify forward and runs slower than plain decoding ({{0.97x}}). The sampled MTP tree
-# makes more tokens per verify forward than the chain ({{2.93}} against {{2.51}}), but it verifies {{13.9 nodes}}
+# `ngram` makes {{1.09}} tokens per verify forward and runs slower than plain decoding ({{0.94x}}). The sampled MTP tree
+# makes more tokens per verify forward than the chain ({{2.97}} against {{2.51}}), but it verifies {{13.7 nodes}}
 # where the chain verifies 4, and on this CPU that costs more than the extra tokens bring: the chain is fastest
-# ({{1.45x}}), the trees reach {{1.30x}} (MTP tree) and {{1.25x}} (hybrid). The adaptive tree shrinks its tree to
-# {{4.3 nodes}} and ties the best tree, but its candidates still cost more per token than the chain's. Where a
-# verify forward of
-# many tokens costs about one (a GPU at batch 1), the tree's extra tokens would count in full.
+# ({{1.35x}}), the trees reach {{1.16x}} (MTP tree) and {{1.12x}} (hybrid). The adaptive tree shrinks to
+# {{4.3 nodes}} and beats both fixed trees ({{1.19x}}), but not the chain: a tree's module call costs more than the
+# chain's, and for the same nodes the chain's depth makes more tokens. Where a verify forward of many tokens costs
+# about one (a GPU at batch 1), the tree's extra tokens would count in full.
 #
 # ## What the engines do
 #
