@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .exercises import Wrong, as_tensor, call, close, exercise, expect_shape
 from .layers import Block
 from .model import MTPModule
+from .tree import TreeCost
 
 E4M3_MAX = 448.0       # largest finite float8_e4m3fn value
 E5M2_MAX = 57344.0     # largest finite float8_e5m2 value
@@ -529,14 +530,6 @@ def _tree_walk(fn) -> str:
             "given the tokens before it, so the tree is lossless whatever its shape.")
 
 
-def _node_by_node(scores, v, r, root: bool) -> int:
-    """The nodes verified best first while s_n > r (cost of the n-th): with the root in the forward, v[n] - v[n - 1]."""
-    n = 0
-    while n < len(scores) and scores[n] > r * ((v[n + 1] - v[n]) if root else (v[n] - v[n - 1] if n else 0.0)):
-        n += 1
-    return n
-
-
 @exercise("tree_size", "09", "take the nodes best first; the n-th (1-based) goes in while it brings more than r "
                              "times what it adds to the verify forward, which also carries the root: v(n + 1) - v(n) "
                              "= v[n] - v[n - 1]. Stop at the first that does not pay.")
@@ -548,14 +541,14 @@ def _tree_size(fn) -> str:
                          ([0.9, 0.9, 0.9, 0.25, 0.25, 0.25, 0.25], steady, 2.0),
                          ([0.3, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15], steady, 2.0),
                          ([0.9, 0.3, 0.3, 0.3], jump, 2.0)):
-        want = _node_by_node(scores, v, r, root=True)
+        want = TreeCost(c=0.0, v=tuple(v)).best_size(scores, r)          # the package's rule
         got = call(fn, scores, v, r)
         if isinstance(got, float) and not float(got).is_integer():
             raise Wrong("return the number of nodes to verify (an int), not the value it reaches")
         if got != want:
             value = [sum(scores[:n]) - r * v[n] for n in range(len(scores) + 1)]
             ratio = [(1 + sum(scores[:n])) / v[n] for n in range(len(scores) + 1)]
-            if got == _node_by_node(scores, v, r, root=False) != want:
+            if got == TreeCost(c=0.0, v=(v[0], *v)).best_size(scores, r) != want:     # v without the root
                 raise Wrong(f"tree_size(..., r={r}) = {got}: the verify forward of n nodes also carries the root, "
                             f"so the n-th node adds v[n] - v[n - 1], not v[n - 1] - v[n - 2]")
             if got == max(range(len(value)), key=value.__getitem__) != want:
