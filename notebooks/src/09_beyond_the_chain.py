@@ -299,6 +299,24 @@ for nodes in (1, 4, 16, 64):
     print(f"tree of {nodes:2d} nodes: verify stays memory-bound up to batch {ridge / (nodes + 1):5.1f}")
 
 # %% [markdown]
+# Try it on this machine. `make_drafter(model, "adaptive")` times $v(n)$ and the module call $c$ where it runs (a
+# second or two), then sizes every step from them and from the rate it reaches. Build it once and reuse it: each
+# build measures again, and its acceptance estimates and its rate keep learning from one generation to the next.
+# Your numbers below are your machine's, so they differ from the stored run; the output never does.
+
+# %%
+from mtp_lab.decoding import make_drafter
+
+adaptive = make_drafter(model, "adaptive")
+cost = adaptive.cost
+print(f"this machine: an AR step {cost.ar_ms:.2f} ms of CPU, v(16) = {cost.verify(16):.2f}, module call c = {cost.c:.3f}")
+for run in (1, 2):
+    out = speculative_generate(model, prompt, 48, num_draft=8, drafter=adaptive)
+    s = out.stats
+    print(f"run {run}: identical to plain: {out.tokens == ref.tokens}, tau {s.mean_acceptance_length:.2f}, "
+          f"{s.drafted / s.steps:.1f} nodes and {s.draft_forwards / s.steps:.1f} module calls per drafting step")
+
+# %% [markdown]
 # ### Exercise 2: how big a tree?
 #
 # `scores` are the acceptance estimates of the best candidate nodes (descending), `v[n-1]` the verify cost of $n$
