@@ -397,8 +397,10 @@ class TreeDrafter:
             r = r / mass
             top = float(r.max())
             key = ("mtp", min(depth, self.depth + 1), bisect.bisect(Q_BINS, top), "draw", rank)
-            # prior: rank 0 as sure as the drafter; a later rank passes if the one before failed, about cond (1 - cond)
-            cond = min(cond, self.hits.rate(key, prior=top if rank == 0 else cond * (1.0 - cond)))
+            # prior: the rate of every draw of this rank so far (a kind not seen yet is as good as draws in general),
+            # before any: rank 0 as sure as the drafter, a later rank passes if the one before failed, cond (1 - cond)
+            prior = self.hits.rate(("draw", rank), prior=top if rank == 0 else cond * (1.0 - cond))
+            cond = min(cond, self.hits.rate(key, prior=prior))
             level[0] += cond
             children.append(self._add(t, x, cond, "mtp", key, top))
             probs_of[children[-1]] = r
@@ -518,8 +520,11 @@ class TreeDrafter:
         verified = set(self.kept_order)
         for i, node in enumerate(self.walked[:len(emitted)]):
             for x in self.kids[node].values():
-                if x in verified or "draw" not in self.key[x]:
+                if "draw" not in self.key[x]:
                     self.hits.add(self.key[x], self.tok[x] == emitted[i])
+                elif x in verified:
+                    self.hits.add(self.key[x], self.tok[x] == emitted[i])
+                    self.hits.add(("draw", self.key[x][-1]), self.tok[x] == emitted[i])   # every draw of its rank
         self.walked = []
 
     def commit(self, hidden: torch.Tensor, n_kept: int, path: list[int] | None = None) -> None:

@@ -160,7 +160,7 @@ def test_emitted_tokens_follow_the_target_exactly(depth, num_draft, drafter, par
         # covers most of a 6-token chain's transitions, so trees with it pass the root's test more often)
         assert 0.1 < sum(ev.n_accepted > 0 for ev in drafting) / len(drafting) < 0.95
     assert sum(ev.is_bonus for ev in drafting) > 10 * runs
-    assert sum(not ev.is_bonus for ev in drafting) > 80 * runs    # >= 640 corrected tokens: rejections exercised
+    assert sum(not ev.is_bonus for ev in drafting) > 60 * runs    # >= 480 corrected tokens: rejections exercised
 
 
 def test_greedy_on_the_markov_model_matches_ar():

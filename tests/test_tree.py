@@ -377,7 +377,8 @@ def test_calibration_labels_every_drafted_child_of_a_reached_node(trained, tempe
     last, checked, unverified, drawn_skipped = None, 0, 0, 0
     for ev in speculative_steps(trained, [3, 6, 9, 12, 15, 18, 3, 6, 9], 40, num_draft=4, drafter=drafter,
                                 temperature=temperature, seed=5):
-        counts = [sum(c[i] for c in drafter.hits.counts.values()) for i in (0, 1)]   # accepted, reached
+        kinds = {k: c for k, c in drafter.hits.counts.items() if k[0] != "draw"}   # not the pooled ("draw", rank)
+        counts = [sum(c[i] for c in kinds.values()) for i in (0, 1)]                # accepted, reached
         if last is not None and ev.draft_tokens:   # this event's proposal labelled the tree of the last event
             tok, par, prev, before, verified, keys = last
             reached = [-1] + _path_nodes(tok, par, prev)
@@ -393,6 +394,28 @@ def test_calibration_labels_every_drafted_child_of_a_reached_node(trained, tempe
                 if ev.draft_tokens else None)
     assert checked >= 3 and unverified >= 1
     assert (drawn_skipped > 0) == (temperature > 0)
+    for rank in range(3):      # every labelled draw also counts for its rank, all modules and bins pooled
+        pooled = [sum(c[i] for k, c in kinds.items() if k[-2:] == ("draw", rank)) for i in (0, 1)]
+        assert drafter.hits.counts.get(("draw", rank), [0.0, 0.0]) == pooled
+
+
+def test_a_kind_of_draw_not_seen_yet_starts_from_the_draws_of_its_rank(trained):  # noqa: F811
+    """Sampling: a drawn node is labelled only where it was verified, so a kind (module, bin of max q, rank) scored
+    low from the start would never be verified, never labelled, and stay low: the recycled module's draws did, with
+    max q about 0.2 as their prior against an acceptance near 0.67. A kind not seen yet starts from the rate of every
+    draw of its rank so far; here rank 0 passed 30 times of 30, so its unseen kinds score about 0.98, not max q."""
+    drafter = TreeDrafter(trained, top_b=2, budget=8, cost=COST)
+    for _ in range(30):
+        drafter.hits.add(("draw", 0), True)
+    steps = speculative_steps(trained, [3, 6, 9, 12, 15, 18, 3, 6, 9], 8, num_draft=1, drafter=drafter,
+                              temperature=1.0, seed=0)
+    next(steps), next(steps)                 # the prefill, then the first tree (labelled only at the next proposal)
+    first = [x for x in range(len(drafter.tok)) if drafter.key[x][-2:] == ("draw", 0)]
+    assert first and all(drafter.q[x] < 0.9 for x in first)                       # the drafter is not that sure
+    pooled = drafter.hits.rate(("draw", 0), prior=0.0)
+    assert pooled == pytest.approx(30 / 31)
+    for x in first:
+        assert drafter.cond[x] == pytest.approx(drafter.hits.rate(("draw", 0), prior=drafter.q[x]))
 
 
 def _path_nodes(tok: list[int], par: list[int], ev) -> list[int]:
