@@ -515,7 +515,9 @@ class TreeDrafter:
         have been accepted iff it holds that token. So a node the cost model left out is still labelled, and no
         kind of node is starved of data by being scored low. Except a node drawn from q (sampling, _sample): whether
         it passes min(1, p'/r) is a coin of its own, not "the draw y equals it", so it is labelled only if it was
-        verified (a drawn node left out would read as almost never accepted, and stay left out)."""
+        verified (a drawn node left out would read as almost never accepted, and stay left out), and also counts for
+        every draw of its rank: the prior of a kind not seen yet (_sample), so that no kind starts too low to be
+        verified and learn."""
         emitted = tokens[self.n + 1:]
         verified = set(self.kept_order)
         for i, node in enumerate(self.walked[:len(emitted)]):

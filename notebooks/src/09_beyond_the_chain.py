@@ -423,13 +423,13 @@ for name, r in best_rows(sampled["rows"]).items():
 
 # %% [markdown]
 # Sampling turns the ranking around. Lookup barely helps: a sampled continuation rarely copies what came before, so
-# `ngram` makes {{1.09}} tokens per verify forward and runs slower than plain decoding ({{0.94x}}). The sampled MTP tree
-# makes more tokens per verify forward than the chain ({{2.97}} against {{2.51}}), but it verifies {{13.7 nodes}}
+# `ngram` makes {{1.09}} tokens per verify forward and runs slower than plain decoding ({{0.96x}}). The sampled MTP tree
+# makes more tokens per verify forward than the chain ({{2.98}} against {{2.51}}), but it verifies {{13.8 nodes}}
 # where the chain verifies 4, and on this CPU that costs more than the extra tokens bring: the chain is fastest
-# ({{1.35x}}), the trees reach {{1.16x}} (MTP tree) and {{1.12x}} (hybrid). The adaptive tree shrinks to
-# {{4.3 nodes}} and beats both fixed trees ({{1.19x}}), but not the chain: a tree's module call costs more than the
-# chain's, and for the same nodes the chain's depth makes more tokens. Where a verify forward of many tokens costs
-# about one (a GPU at batch 1), the tree's extra tokens would count in full.
+# ({{1.38x}}), the trees reach {{1.26x}} (MTP tree) and {{1.18x}} (hybrid). The adaptive tree shrinks to
+# {{3.4 nodes}} and beats both fixed trees ({{1.30x}}), but not the chain: a tree's module call costs more than the
+# chain's, and for about the same nodes the chain's depth makes more tokens. Where a verify forward of many tokens
+# costs about one (a GPU at batch 1), the tree's extra tokens would count in full.
 #
 # ## What the engines do
 #
