@@ -522,11 +522,13 @@ class TreeDrafter:
         verified = set(self.kept_order)
         for i, node in enumerate(self.walked[:len(emitted)]):
             for x in self.kids[node].values():
-                if "draw" not in self.key[x]:
-                    self.hits.add(self.key[x], self.tok[x] == emitted[i])
-                elif x in verified:
-                    self.hits.add(self.key[x], self.tok[x] == emitted[i])
-                    self.hits.add(("draw", self.key[x][-1]), self.tok[x] == emitted[i])   # every draw of its rank
+                drawn = "draw" in self.key[x]
+                if drawn and x not in verified:
+                    continue
+                accepted = self.tok[x] == emitted[i]
+                self.hits.add(self.key[x], accepted)
+                if drawn:
+                    self.hits.add(("draw", self.key[x][-1]), accepted)          # every draw of its rank
         self.walked = []
 
     def commit(self, hidden: torch.Tensor, n_kept: int, path: list[int] | None = None) -> None:
