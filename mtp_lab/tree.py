@@ -337,20 +337,22 @@ class TreeDrafter:
             used = max(used, j)
             children = []
             level = self.level.setdefault(d, [0.0, 0.0])
-            q = params.probs(logits) if sampled else torch.softmax(logits.float(), dim=-1)   # (F, V)
-            top_p, top_i = q.topk(self.top_b, dim=-1)                              # (F, b)
-            for i, x in enumerate(frontier):
-                level[1] += 1
-                if sampled:                                                        # draws from q, the proposal
+            level[1] += len(frontier)
+            if sampled:                                                            # draws from q, the proposal
+                q = params.probs(logits)                                           # (F, V)
+                for i, x in enumerate(frontier):
                     children += self._sample(x, q[i], d + 1, level, probs_of, generator)
-                    continue
-                for s, t in zip(top_p[i].tolist(), top_i[i].tolist(), strict=True):
-                    key = self._mtp_key(d + 1, s)
-                    a = self.hits.rate(key, prior=s)
-                    level[0] += a
-                    if len(self.tok) < self.room:
-                        children.append(self._add(t, x, a, "mtp", key, s))
-                        probs_of[children[-1]] = q[i]
+            else:                                                                  # the drafter's top_b
+                q = torch.softmax(logits.float(), dim=-1)                          # (F, V): a ranking
+                top_p, top_i = q.topk(self.top_b, dim=-1)                          # (F, b)
+                for i, x in enumerate(frontier):
+                    for s, t in zip(top_p[i].tolist(), top_i[i].tolist(), strict=True):
+                        key = self._mtp_key(d + 1, s)
+                        a = self.hits.rate(key, prior=s)
+                        level[0] += a
+                        if len(self.tok) < self.room:
+                            children.append(self._add(t, x, a, "mtp", key, s))
+                            probs_of[children[-1]] = q[i]
             frontier = sorted(sorted(children, key=lambda c: -self.score[c])[:self.width])   # rows in entry order
             if not frontier:
                 break
