@@ -252,3 +252,21 @@ def format_verify_cost(res: dict) -> str:
              "largest tree (n = nodes + root) within v(n) <= " + ", ".join(
                  f"{x}: {n}" for x, n in res["largest_n_within"].items())]
     return "\n".join(lines)
+
+
+def stopping(model, prompts, k: int, new_tokens: int, temperature: float = 0.0, seeds: int = 1,
+             source: str = "") -> dict:
+    """`mtp-lab bench --stopping K`: the MTP chain recorded at k = K (`seeds` runs per prompt when sampling, one when
+    greedy: the runs would repeat) and scored by stopping.stopping_bound with the costs measured now (v up to K + 2
+    tokens, c; tree.measure_costs, median of 7)."""
+    from .stopping import record_chain, stopping_bound
+    from .tree import measure_costs, tree_cost
+    check_int("--stopping", k, minimum=1, note=" (the chain's draft length to record)")
+    if model.config.mtp_depth == 0:
+        raise ValueError("--stopping records the MTP chain: the model needs MTP modules (config.mtp_depth >= 1)")
+    seeds = seeds if temperature > 0 else 1
+    cost = tree_cost(measure_costs(model, max_n=k + 2, repeats=7, prefix=min(64, model.config.max_seq_len - k - 2)))
+    result = stopping_bound(record_chain(model, prompts, k, new_tokens, temperature, seeds), cost)
+    result.update(source=source, config=model.config.to_dict(), torch=torch.__version__, temperature=temperature,
+                  seeds=seeds, new_tokens=new_tokens, ar_ms=cost.ar_ms, threads=torch.get_num_threads())
+    return result

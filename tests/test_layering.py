@@ -19,7 +19,8 @@ LAYERS = [
     {"model"},                                     # main model + MTP modules
     {"loss", "checkpoint", "drafters", "tree"},    # the MTP loss; safetensors checkpoints; drafters; tree drafts
     {"decoding"},                                  # generation and speculative decoding
-    {"train", "distill", "proportion", "bench"},   # training, drafter distillation, the cost model, benchmarks
+    {"train", "distill", "proportion", "bench", "stopping"},   # training, distillation, cost model, benchmarks,
+                                                                # the adaptive draft length's bound
     {"metrics", "fp8_bench"},                      # export + metrics of a run; the FP8 benchmark
     {"viz"},                                       # widgets and figures
     {"course_checks", "course"},                   # the notebooks' helpers and exercise checks

@@ -13,6 +13,7 @@ import torch
 
 from .. import bench
 from ..decoding import make_drafter
+from ..stopping import format_stopping
 from .flags import check_output, set_threads
 
 MAX_PROMPTS = 2 ** 16     # --prompts above this is a typo (each prompt is a separate generation)
@@ -52,6 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--verify-cost", type=int, default=0, metavar="N",
                    help="instead of the benchmark: measure the verify cost v(n) of n = 1..N tokens and the draft cost "
                         "c (medians of --repeats, process CPU time), the curve the tree drafters' size comes from")
+    p.add_argument("--stopping", type=int, default=0, metavar="K",
+                   help="instead of the benchmark: record the MTP chain drafting K tokens per step on the prompts "
+                        "(--repeats seeds each when sampling) and score fixed k = 1..K against the adaptive "
+                        "drafter's cost rule with the measured costs: what an adaptive draft length can gain "
+                        "(mtp_lab.stopping)")
     p.add_argument("--json", default="artifacts/bench_speculative.json", help="where to write the results")
     p.set_defaults(func=run)
 
@@ -80,6 +86,8 @@ def run(args) -> int:
         model, prompts, source = bench.random_setup(args.random, args.prompts, args.prompt_len, args.seed)
     else:
         model, prompts, source = bench.heldout_prompts(args.checkpoint, args.prompts, args.prompt_len)
+    if args.verify_cost and args.stopping:
+        raise ValueError("--verify-cost and --stopping are two separate measurements: give one of them")
     if args.verify_cost:
         result = bench.verify_cost(model, args.verify_cost, max(args.repeats, 3), source)
         print(bench.format_verify_cost(result))
@@ -89,6 +97,17 @@ def run(args) -> int:
     if args.prompt_len + args.new_tokens > model.config.max_seq_len:
         raise ValueError(f"--prompt-len + --new-tokens = {args.prompt_len + args.new_tokens} exceeds the model's "
                          f"max_seq_len {model.config.max_seq_len}; lower one of them")
+    if args.stopping:
+        with torch.inference_mode():
+            result = bench.stopping(model, prompts, args.stopping, args.new_tokens, args.temperature, args.repeats,
+                                    source)
+        print(f"{source}; {args.prompts} prompts x {args.new_tokens} new tokens, temperature {args.temperature}, "
+              f"{result['seeds']} seed(s) each, {torch.get_num_threads()} thread(s); {result['steps']} steps of "
+              f"the MTP chain at k = {args.stopping}")
+        print(format_stopping(result))
+        atomic_write_json(Path(args.json), bench.json_safe(result), indent=1, allow_nan=False)
+        print(f"wrote {args.json}")
+        return 0
     if set(args.drafters) == {"mtp-pre"} and max(args.k) <= model.config.mtp_depth:  # bench.run_bench's rule
         raise ValueError(f"--drafters mtp-pre runs only for k > D = {model.config.mtp_depth} (below, it is the mtp "
                          f"drafter); add a --k above {model.config.mtp_depth} or another drafter")
