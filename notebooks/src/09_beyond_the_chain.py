@@ -389,25 +389,26 @@ for file, what in (("bench_beyond_chain_threads1_8prompts.json", "on 8 other pro
 # %% [markdown]
 # What it shows:
 #
-# - **A tree raises $\tau$, not by itself the speed.** The MTP tree accepts {{5.46}} tokens per step against the
+# - **A tree raises $\tau$, not by itself the speed.** The MTP tree accepts {{5.49}} tokens per step against the
 #   chain's {{3.78}}, but 16 nodes cost a verify forward of about 1.9 AR steps on this CPU, plus a module call per
-#   level: it ends up slower than the chain ({{1.76x}} against {{2.04x}}).
-# - **Lookup pays, and more as a tree**: prompt lookup alone reaches {{2.42x}}; what followed every earlier match, as
-#   one tree, {{2.65x}} ({{4.17}} tokens per verify forward against {{3.38}}), with no weights and no module call.
-# - **MTP and lookup in one tree, sized per step, is the fastest**: the adaptive tree reaches {{2.81x}} over plain
-#   decoding, {{1.16x}} the n-gram drafter's best and {{1.06x}} the lookup tree's, ahead of the fixed hybrid tree
-#   ({{2.78x}}) with {{10.6}} nodes and {{1.4}} module calls per verify forward against its {{15.5}} and {{3.7}}.
-#   Run again, it led each time: {{2.85x}} against {{2.65x}} (n-gram {{2.36x}}), then {{3.00x}} against {{2.75x}}
-#   (n-gram {{2.46x}}); on 8 other prompts, with less copying, {{2.46x}} against {{2.31x}} (n-gram {{1.92x}}). About
-#   a quarter of its accepted drafts were proposed by the MTP modules, alone or with the lookup.
+#   level: it ends up slower than the chain ({{1.80x}} against {{2.02x}}).
+# - **Lookup pays, and more as a tree**: prompt lookup alone reaches {{2.35x}}; what followed every earlier match, as
+#   one tree, {{2.59x}} ({{4.17}} tokens per verify forward against {{3.38}}), with no weights and no module call.
+# - **MTP and lookup in one tree, sized per step, is the fastest**: the adaptive tree (up to 32 deep) reaches
+#   {{3.00x}} over plain decoding, {{1.28x}} the n-gram drafter's best and {{1.16x}} the lookup tree's, ahead of the
+#   fixed hybrid tree ({{2.77x}}) with {{12.6}} nodes and {{1.5}} module calls per verify forward against its
+#   {{15.5}} and {{3.7}}. Run again, it led each time: {{2.95x}} against {{2.76x}} (n-gram {{2.33x}}), then
+#   {{3.01x}} against {{2.84x}} (n-gram {{2.36x}}); on 8 other prompts, with less copying, {{2.51x}} against
+#   {{2.40x}} (n-gram {{1.89x}}). Almost a quarter of its accepted drafts were proposed by the MTP modules, alone or
+#   with the lookup.
 # - **What bounds it**: every verify forward of the hybrid tree yields about 7 tokens but costs about 2.5 AR steps,
 #   1.9 of them the verify forward itself. With a verify as cheap as one token, as on a GPU at batch 1, the adaptive
-#   tree's drafts would give {{3.95x}}.
+#   tree's drafts would give {{4.35x}}.
 #
-# These numbers move with the machine. All three runs here caught it in its fast state (plain decoding 4.4-5.1 ms
-# per token), where the margin over lookup is narrowest: the cheaper each token's overhead, the more a big verify
-# forward's arithmetic shows; in slower states the margin was wider (`docs/speculative.md` keeps the earlier runs).
-# Compare drafters within one run.
+# These numbers move with the machine: these runs found plain decoding at 5.3-5.6 ms per token. Earlier runs in a
+# faster state (4.4-5.1 ms), with the trees capped at 16 deep, gave the adaptive tree 1.16x-1.22x over lookup: the
+# cheaper each token's overhead, the more a big verify forward's arithmetic shows (`docs/speculative.md` keeps the
+# earlier runs). Compare drafters within one run.
 #
 # **At temperature 1** the same command with `--temperature 1` (sampled, so outputs are compared by the exactness
 # tests, not token for token). The target is flatter, every drafter's acceptance falls, and the MTP children are
@@ -455,10 +456,11 @@ for file in ("stopping_t0.json", "stopping_t1.json"):
 # %% [markdown]
 # Greedy, a draft passes iff it is the target's argmax, and a confident drafter is usually right: the first draft
 # passes {{0.28}} of the time where $\max q$ is between 0.02 and 0.05 and {{1.00}} where it is above 0.9, and
-# choosing $k$ per step gains {{1.090x}} over the best fixed $k$. Sampled, a draft passes with chance $1 - \mathrm{TV}(p, q)$, which
-# the drafter's confidence barely predicts (between {{0.59}} and {{0.71}} for $\max q$ from 0.02 to 0.6): the gain
-# shrinks to {{1.008x}}. So at temperature 1 on this CPU, the chain at its best fixed $k$ is the drafter to use, and
-# the adaptive tree's gap to it is the cost of its machinery, not a stopping rule that could do better.
+# choosing $k$ per step gains {{1.090x}} over the best fixed $k$. Sampled, a draft passes with chance
+# $1 - \mathrm{TV}(p, q)$, which the drafter's confidence barely predicts (between {{0.59}} and {{0.71}} for $\max q$
+# from 0.02 to 0.6): the gain shrinks to {{1.008x}}. So at temperature 1 on this CPU, the chain at its best fixed
+# $k$ is the drafter to use, and the adaptive tree's gap to it is the cost of its machinery, not a stopping rule
+# that could do better.
 #
 # ## What the engines do
 #
