@@ -261,11 +261,13 @@ def stopping(model, prompts, k: int, new_tokens: int, temperature: float = 0.0, 
     tokens, c; tree.measure_costs, median of 7)."""
     from .stopping import record_chain, stopping_bound
     from .tree import measure_costs, tree_cost
-    check_int("--stopping", k, minimum=1, note=" (the chain's draft length to record)")
+    check_int("--stopping", k, minimum=1, maximum=model.config.max_seq_len // 2 - 2,
+              note=f" (the chain's draft length to record; v(n) is timed up to K + 2 tokens after a cached prefix, "
+                   f"within max_seq_len {model.config.max_seq_len})")
     if model.config.mtp_depth == 0:
         raise ValueError("--stopping records the MTP chain: the model needs MTP modules (config.mtp_depth >= 1)")
     seeds = seeds if temperature > 0 else 1
-    cost = tree_cost(measure_costs(model, max_n=k + 2, repeats=7, prefix=min(64, model.config.max_seq_len - k - 2)))
+    cost = tree_cost(measure_costs(model, max_n=k + 2, repeats=7, prefix=min(64, model.config.max_seq_len // 2)))
     result = stopping_bound(record_chain(model, prompts, k, new_tokens, temperature, seeds), cost)
     result.update(source=source, config=model.config.to_dict(), torch=torch.__version__, temperature=temperature,
                   seeds=seeds, new_tokens=new_tokens, ar_ms=cost.ar_ms, threads=torch.get_num_threads())

@@ -601,8 +601,9 @@ def measure_costs(model: MTPModel, max_n: int = 64, repeats: int = 7, prefix: in
     check_int("max_n", max_n, minimum=2)
     check_int("repeats", repeats, minimum=1)
     cfg = model.config
-    if prefix + max_n > cfg.max_seq_len:
-        raise ValueError(f"prefix + max_n = {prefix + max_n} exceeds max_seq_len {cfg.max_seq_len}; lower max_n")
+    if prefix + max(max_n, 2 * entries) > cfg.max_seq_len:              # module D drafts `entries` twice
+        raise ValueError(f"prefix + max(max_n, 2 entries) = {prefix + max(max_n, 2 * entries)} exceeds max_seq_len "
+                         f"{cfg.max_seq_len}; lower max_n or prefix")
     device = model.head.weight.device
     D = len(model.mtp)
     g = torch.Generator().manual_seed(seed)

@@ -114,6 +114,20 @@ def test_verify_cost_command_writes_the_curve(tmp_path, capsys):
             capsys, ["bench", "--random", "tiny", "--verify-cost", n])
 
 
+def test_stopping_command_scores_fixed_k_against_the_cost_rule(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    args = ["bench", "--random", "tiny", "--prompts", "4", "--prompt-len", "8", "--new-tokens", "24"]
+    assert main(args + ["--stopping", "3", "--temperature", "1", "--repeats", "2", "--json", str(out)]) == 0
+    assert "cost rule: in-sample" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["K"] == 3 and res["seeds"] == 2 and res["prompts"] == 4 and set(res["fixed"]) == {"1", "2", "3"}
+    assert res["in_sample"]["rate"] >= max(res["fixed"].values()) * 0.9 and len(res["acceptance"]) == 3
+    assert "--stopping must be a positive integer and <= 30" in one_line_error(capsys, args + ["--stopping", "300"])
+    assert "two separate measurements" in one_line_error(capsys, args + ["--stopping", "3", "--verify-cost", "8"])
+    assert "at least two prompts" in one_line_error(capsys, args[:3] + ["--prompts", "1"] + args[5:] + ["--stopping",
+                                                                                                   "3"])
+
+
 def test_monotone_fit_pools_adjacent_violators():
     from mtp_lab.tree import monotone
     assert monotone([1.0, 1.2, 1.1, 1.5]) == pytest.approx([1.0, 1.15, 1.15, 1.5])     # least squares: the mean

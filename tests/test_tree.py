@@ -447,6 +447,8 @@ def test_measure_costs_is_sane():
     assert all(v > 0 for v in m["v"]) and m["c"] > 0
     with pytest.raises(ValueError, match="max_seq_len"):
         measure_costs(model, max_n=60, prefix=16)
+    with pytest.raises(ValueError, match="2 entries"):      # module D's cache takes the entries twice: 59 + 8 > 64
+        measure_costs(model, max_n=5, prefix=59)
 
 
 @pytest.mark.parametrize("name", TREES)
