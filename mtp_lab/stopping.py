@@ -103,13 +103,22 @@ def _steps(rec: StepRecord, cost: TreeCost, rule: tuple | None, k: int = 0) -> t
     return K, K
 
 
+def _tally(records: list[StepRecord], cost: TreeCost, rule: tuple | None = None, k: int = 0
+           ) -> tuple[float, float, int]:
+    """(tokens, AR-token times, drafts verified) of the records under fixed k (rule None) or the cost rule."""
+    tokens = time = 0.0
+    verified = 0
+    for rec in records:
+        calls, n = _steps(rec, cost, rule, k)
+        tokens += min(rec.kept, n) + 1
+        time += calls * cost.c + cost.verify(n + 1)
+        verified += n
+    return tokens, time, verified
+
+
 def _score(records: list[StepRecord], cost: TreeCost, rule: tuple | None = None, k: int = 0) -> float:
     """Tokens per AR-token time of the records under fixed k (rule None) or the cost rule (a, abar, r)."""
-    tokens = time = 0.0
-    for rec in records:
-        calls, verified = _steps(rec, cost, rule, k)
-        tokens += min(rec.kept, verified) + 1
-        time += calls * cost.c + cost.verify(verified + 1)
+    tokens, time, _ = _tally(records, cost, rule, k)
     return tokens / time
 
 
@@ -120,7 +129,7 @@ def _fit(records: list[StepRecord], cost: TreeCost) -> tuple:
 
 
 def stopping_bound(records: list[StepRecord], cost: TreeCost) -> dict:
-    """Rates (tokens per AR-token time) of fixed k = 1..K and of the confidence rule, in-sample and cross-fitted
+    """Rates (tokens per AR-token time) of fixed k = 1..K and of the cost rule, in-sample and cross-fitted
     over two halves of the prompts (even, odd), and each rule's gain over the best fixed k."""
     if not records:
         raise ValueError("no steps to score: record_chain found no step that drafted all k tokens; generate more "
@@ -134,14 +143,11 @@ def stopping_bound(records: list[StepRecord], cost: TreeCost) -> dict:
         raise ValueError("cross-fitting needs steps from at least two prompts (one even, one odd); give more prompts")
     tokens = time = verified = 0.0
     prices = []
-    for fit_on, score_on in (halves, halves[::-1]):
+    for fit_on, score_on in (halves, halves[::-1]):          # fit on one half, score on the other
         rule_h = _fit(fit_on, cost)
         prices.append(rule_h[2])
-        for rec in score_on:
-            calls, n = _steps(rec, cost, rule_h)
-            tokens += min(rec.kept, n) + 1
-            time += calls * cost.c + cost.verify(n + 1)
-            verified += n
+        tally = _tally(score_on, cost, rule_h)
+        tokens, time, verified = tokens + tally[0], time + tally[1], verified + tally[2]
     in_sample = _score(records, cost, rule)
     return {"K": K, "steps": len(records), "prompts": len({rec.prompt for rec in records}), "c": cost.c,
             "v": list(cost.v[:K + 2]), "fixed": fixed, "best_fixed_k": best_k,
