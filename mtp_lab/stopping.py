@@ -23,12 +23,17 @@ a, abar and r are fitted on half the prompts and the rule scored on the other ha
 the gain reported is what a rule learned from past steps earns on new ones. Fitted and scored on the same steps it is
 an upper bound (in-sample). Greedy, a draft passes iff it is the target's argmax, which a confident drafter predicts
 well; sampled, it passes with chance 1 - TV(p, q) on average, which the drafter's confidence predicts far less.
+
+How much could a better signal add? The records also keep each draft's true chance to pass once reached,
+sum_x min(p_j(x), q_j(x)) = 1 - TV(p_j, q_j) (greedy: 1 or 0), known only after the verify forward. The same rule fed
+that chance in place of max q is an oracle: no head trained to predict acceptance from what the drafter knows (as
+SpecDec++ does) can beat it by more than its binning costs, so its gain bounds what such a head could add.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -45,6 +50,8 @@ class StepRecord:
     prompt: int              # which prompt the step came from (cross-fitting splits by prompt)
     conf: tuple[float, ...]  # the drafter's confidence at draft positions 1..K: max of q (greedy: softmax of logits)
     kept: int                # drafts the main model kept, 0..K
+    accept: tuple[float, ...] = ()  # each draft's chance to pass once reached, 1 - TV(p_j, q_j) (greedy: 1 or 0):
+                                    # known only after the verify forward, so an ORACLE's signal (empty: not recorded)
 
 
 def record_chain(model, prompts: list[list[int]], k: int, new_tokens: int, temperature: float = 0.0,
@@ -61,7 +68,9 @@ def record_chain(model, prompts: list[list[int]], k: int, new_tokens: int, tempe
                 if len(step.draft_tokens) != k:
                     continue
                 q = torch.softmax(step.draft_logits.float(), dim=-1) if temperature == 0 else step.draft_probs
-                records.append(StepRecord(i, tuple(q.max(dim=-1).values.tolist()), step.n_accepted))
+                accept = torch.minimum(step.target_probs[:k], step.draft_probs.to(step.target_probs)).sum(-1)
+                records.append(StepRecord(i, tuple(q.max(dim=-1).values.tolist()), step.n_accepted,
+                                          tuple(accept.clamp(max=1.0).tolist())))
     return records
 
 
@@ -128,9 +137,26 @@ def _fit(records: list[StepRecord], cost: TreeCost) -> tuple:
     return max(((a, abar, r) for r in RATES), key=lambda rule: _score(records, cost, rule))
 
 
+def _cross_fit(records: list[StepRecord], cost: TreeCost) -> dict:
+    """The cost rule fitted on one half of the prompts (even, odd) and scored on the other, both ways round."""
+    halves = [[rec for rec in records if rec.prompt % 2 == h] for h in (0, 1)]
+    if not all(halves):
+        raise ValueError("cross-fitting needs steps from at least two prompts (one even, one odd); give more prompts")
+    tokens = time = verified = 0.0
+    prices = []
+    for fit_on, score_on in (halves, halves[::-1]):
+        rule = _fit(fit_on, cost)
+        prices.append(rule[2])
+        tally = _tally(score_on, cost, rule)
+        tokens, time, verified = tokens + tally[0], time + tally[1], verified + tally[2]
+    return {"r": prices, "rate": tokens / time, "mean_drafts": verified / len(records)}
+
+
 def stopping_bound(records: list[StepRecord], cost: TreeCost) -> dict:
     """Rates (tokens per AR-token time) of fixed k = 1..K and of the cost rule, in-sample and cross-fitted
-    over two halves of the prompts (even, odd), and each rule's gain over the best fixed k."""
+    over two halves of the prompts (even, odd), and each rule's gain over the best fixed k. With the records' accept
+    chances, also the ORACLE: the same rule given each draft's true chance to pass (1 - TV(p_j, q_j)) in place of the
+    drafter's confidence, what a perfect predictor of acceptance (a head trained for it) could reach at most."""
     if not records:
         raise ValueError("no steps to score: record_chain found no step that drafted all k tokens; generate more "
                          "tokens per prompt (new_tokens) or lower k")
@@ -138,23 +164,19 @@ def stopping_bound(records: list[StepRecord], cost: TreeCost) -> dict:
     fixed = {k: _score(records, cost, k=k) for k in range(1, K + 1)}
     best_k = max(fixed, key=fixed.get)
     rule = _fit(records, cost)
-    halves = [[rec for rec in records if rec.prompt % 2 == h] for h in (0, 1)]
-    if not all(halves):
-        raise ValueError("cross-fitting needs steps from at least two prompts (one even, one odd); give more prompts")
-    tokens = time = verified = 0.0
-    prices = []
-    for fit_on, score_on in (halves, halves[::-1]):          # fit on one half, score on the other
-        rule_h = _fit(fit_on, cost)
-        prices.append(rule_h[2])
-        tally = _tally(score_on, cost, rule_h)
-        tokens, time, verified = tokens + tally[0], time + tally[1], verified + tally[2]
     in_sample = _score(records, cost, rule)
-    return {"K": K, "steps": len(records), "prompts": len({rec.prompt for rec in records}), "c": cost.c,
-            "v": list(cost.v[:K + 2]), "fixed": fixed, "best_fixed_k": best_k,
-            "in_sample": {"r": rule[2], "rate": in_sample, "gain": in_sample / fixed[best_k]},
-            "cross_fit": {"r": prices, "rate": tokens / time, "gain": tokens / time / fixed[best_k],
-                          "mean_drafts": verified / len(records)},
-            "acceptance": acceptance_table(records), "bins": list(Q_BINS)}
+    cross = _cross_fit(records, cost)
+    result = {"K": K, "steps": len(records), "prompts": len({rec.prompt for rec in records}), "c": cost.c,
+              "v": list(cost.v[:K + 2]), "fixed": fixed, "best_fixed_k": best_k,
+              "in_sample": {"r": rule[2], "rate": in_sample, "gain": in_sample / fixed[best_k]},
+              "cross_fit": {**cross, "gain": cross["rate"] / fixed[best_k]},
+              "acceptance": acceptance_table(records), "bins": list(Q_BINS)}
+    if all(len(rec.accept) == K for rec in records):
+        oracle = [replace(rec, conf=rec.accept) for rec in records]
+        ins = _score(oracle, cost, _fit(oracle, cost))
+        cross = _cross_fit(oracle, cost)
+        result["oracle"] = {"in_sample_gain": ins / fixed[best_k], **cross, "gain": cross["rate"] / fixed[best_k]}
+    return result
 
 
 def format_stopping(result: dict) -> str:
@@ -171,4 +193,9 @@ def format_stopping(result: dict) -> str:
     lines.append(f"cost rule: in-sample {ins['rate']:.3f} (r {ins['r']:.2f}, gain {ins['gain']:.3f}x); "
                  f"cross-fitted {cf['rate']:.3f} (r {', '.join(f'{t:.2f}' for t in cf['r'])}, "
                  f"{cf['mean_drafts']:.2f} drafts verified per step, gain {cf['gain']:.3f}x)")
+    if "oracle" in result:
+        orc = result["oracle"]
+        lines.append(f"oracle (the rule told each draft's true chance to pass, 1 - TV(p, q), in place of max q): "
+                     f"cross-fitted {orc['rate']:.3f} (gain {orc['gain']:.3f}x; in-sample {orc['in_sample_gain']:.3f}x)"
+                     ": the most any predictor of acceptance could add")
     return "\n".join(lines)

@@ -103,11 +103,44 @@ def test_record_chain_is_the_engine_s_steps(trained, temperature):  # noqa: F811
             for step in speculative_steps(trained, p, 20, num_draft=k, temperature=temperature, seed=seed):
                 if len(step.draft_tokens) == k:
                     q = torch.softmax(step.draft_logits.float(), -1) if temperature == 0 else step.draft_probs
-                    expected.append((i, step.n_accepted, q.max(-1).values.tolist()))
-    assert [(r.prompt, r.kept) for r in records] == [(i, kept) for i, kept, _ in expected]
-    for rec, (_, _, conf) in zip(records, expected, strict=True):
+                    # the chance to pass, as 1 - TV(p, q) = 1 - |p - q|_1 / 2; greedy: the target's argmax or not
+                    tv = 0.5 * (step.target_probs[:k] - step.draft_probs).abs().sum(-1)
+                    argmax = step.target_logits[:k].argmax(-1).tolist()
+                    expected.append((i, step.n_accepted, q.max(-1).values.tolist(), (1 - tv).tolist(),
+                                     [float(d == t) for d, t in zip(step.draft_tokens, argmax, strict=True)]))
+    assert [(r.prompt, r.kept) for r in records] == [(i, kept) for i, kept, *_ in expected]
+    for rec, (_, kept, conf, accept, argmax) in zip(records, expected, strict=True):
         assert rec.conf == pytest.approx(conf)
         assert all(0 < c <= 1 for c in rec.conf)
+        assert rec.accept == pytest.approx(accept, abs=1e-5)
+        if temperature == 0:
+            assert list(rec.accept) == argmax and rec.accept[:kept] == (1.0,) * kept
+    if temperature > 0:         # sampled, a draft passes with its chance: the mean of accept predicts the passes
+        reached = [(rec.accept[j], j < rec.kept) for rec in records for j in range(min(rec.kept + 1, k))]
+        assert abs(sum(a for a, _ in reached) - sum(ok for _, ok in reached)) < 3 * len(reached) ** 0.5 * 0.5
+
+
+def test_the_oracle_knows_what_confidence_does_not():
+    """Confidence tells nothing, each draft's true chance to pass tells everything: the rule gains nothing, the
+    oracle reaches the hand-derived rate of verifying the drafts before the first doubtful one."""
+    rng = random.Random(3)
+    records = []
+    for i in range(3000):
+        accept = tuple(0.97 if rng.random() < 0.7 else 0.03 for _ in range(6))
+        kept = 0
+        while kept < 6 and rng.random() < accept[kept]:
+            kept += 1
+        records.append(StepRecord(i % 16, tuple(rng.choice((0.3, 0.97)) for _ in range(6)), kept, accept))
+    tokens = time = 0.0
+    for rec in records:
+        first = next((j for j, a in enumerate(rec.accept) if a < 0.5), None)
+        calls, verified = (6, 6) if first is None else (first + 1, first)
+        tokens += min(rec.kept, verified) + 1
+        time += calls * COST.c + COST.verify(verified + 1)
+    res = stopping_bound(records, COST)
+    assert res["cross_fit"]["gain"] < 1.02
+    assert res["oracle"]["rate"] >= 0.99 * tokens / time and res["oracle"]["gain"] > 1.2
+    assert "oracle" not in stopping_bound([StepRecord(i % 2, (0.5,), 1) for i in range(4)], COST)
 
 
 def test_bad_input_names_the_fix():
