@@ -13,6 +13,13 @@ closes that gap, as serving stacks do for their drafters (EAGLE, Medusa-2 "self-
 
         L^k_distill = -1/(T-k) * sum_i sum_v P_main(v | t_0..t_{i+k}) * log P^k_i(v)
 
+That cross-entropy serves greedy decoding. Sampling at temperature 1 keeps a draft with chance
+min(1, p/q), so a depth's expected acceptance is sum_v min(p, q) = 1 - TV(p, q), and `loss="tv"` trains toward it
+directly (as the Qwen team's Bebop does), on continuations the main model SAMPLES at `temperature` (the text a
+sampled generation visits, not its greedy path):
+
+        L^k_tv = 1/(T-k) * sum_i 1/2 sum_v |P_main(v | t_0..t_{i+k}) - P^k_i(v)|
+
 The main model's weights stay bit-identical, so every decoding output is unchanged (speculative decoding
 stays lossless); only the acceptance rate moves. DeepSeek-V3 does not do this: its MTP modules come
 straight from pre-training with the MTP loss. `mtp-lab distill` runs it on a saved model; `mtp-lab train
@@ -24,14 +31,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import MAX_LR, MAX_STEPS, check_int, check_number, check_seed
+from .config import MAX_LR, MAX_STEPS, check_choice, check_int, check_number, check_seed
 from .data import Corpus, sample_batch
 from .model import MTPModel, is_mtp
+from .sampling import probs_from_logits
+
+DistillLoss = Literal["kl", "tv"]   # cross-entropy to the main model's distribution; total variation from it
 
 
 @dataclass
@@ -46,6 +57,8 @@ class DistillConfig:
     generated_fraction: float = 0.5   # share of each batch taken from the continuations (rest: natural text)
     grad_clip: float = 1.0            # max gradient norm of the MTP parameters
     seed: int = 1337                  # the continuations and batches
+    loss: DistillLoss = "kl"          # kl: cross-entropy (for greedy decoding); tv: total variation (for sampling)
+    temperature: float = 0.0          # the main model's continuations: 0 greedy, > 0 sampled at this temperature
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "generated", "prompt_len"):
@@ -55,6 +68,8 @@ class DistillConfig:
         check_number("DistillConfig.grad_clip", self.grad_clip, positive=True)
         check_number("DistillConfig.generated_fraction", self.generated_fraction, maximum=1.0)
         check_seed("DistillConfig.seed", self.seed)
+        check_number("DistillConfig.temperature", self.temperature, note=" (0: greedy continuations)")
+        check_choice("DistillConfig.loss", self.loss, DistillLoss)
         if self.prompt_len >= self.seq_len:
             raise ValueError(f"prompt_len ({self.prompt_len}) must be shorter than seq_len ({self.seq_len})")
 
@@ -66,12 +81,11 @@ def lr_at(step: int, cfg: DistillConfig) -> float:
 
 
 @torch.inference_mode()
-def greedy_continuations(model: MTPModel, prompts: torch.Tensor, total_len: int, batch: int = 64
-                         ) -> torch.Tensor:
-    """prompts (N, P) -> (N, total_len): each prompt followed by the main model's greedy continuation.
-
-    Batched autoregressive decoding with a KV cache; row i equals generate(model, prompts[i], ...).
-    """
+def continuations(model: MTPModel, prompts: torch.Tensor, total_len: int, temperature: float = 0.0, batch: int = 64,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """prompts (N, P) -> (N, total_len): each prompt followed by the main model's continuation, batched with a KV
+    cache: greedy at temperature 0 (row i equals generate(model, prompts[i], ...)), else each token drawn from
+    softmax(logits / temperature) with `generator`."""
     if total_len > model.config.max_seq_len:
         raise ValueError(f"total_len {total_len} exceeds max_seq_len {model.config.max_seq_len}")
     out = []
@@ -80,24 +94,42 @@ def greedy_continuations(model: MTPModel, prompts: torch.Tensor, total_len: int,
         seq, feed = [rows], rows
         for _ in range(total_len - rows.shape[1]):
             logits, _ = model.forward_main(feed, cache)                           # (b, T, V)
-            feed = logits[:, -1].argmax(-1, keepdim=True)                         # (b, 1)
+            if temperature == 0:
+                feed = logits[:, -1].argmax(-1, keepdim=True)                     # (b, 1)
+            else:
+                probs = probs_from_logits(logits[:, -1], temperature)             # (b, V)
+                feed = torch.multinomial(probs, 1, generator=generator)           # (b, 1)
             seq.append(feed)
         out.append(torch.cat(seq, dim=1))                                         # (b, total_len)
     return torch.cat(out)
 
 
-def distill_losses(model: MTPModel, tokens: torch.Tensor) -> list[torch.Tensor]:
-    """[L^1..L^D]: cross-entropy from the frozen main model's distribution to each depth's (module docstring)."""
+def _depths(model: MTPModel, tokens: torch.Tensor):
+    """Yields (p, logits_k) for k = 1..D: the frozen main model's distribution at positions k.. (B, T-k, V) and
+    depth k's logits (B, T-k, V); depth k at i and the main model at i+k both predict t_{i+k+1}."""
     with torch.no_grad():
         logits, h = model.forward_main(tokens)                                    # (B, T, V), (B, T, C)
         teacher = F.softmax(logits.float(), dim=-1)
-    losses = []
     for k in range(1, len(model.mtp) + 1):
         h = h[:, :-1]                                                             # (B, T-k, C)
         logits_k, h = model.forward_mtp(k, h, tokens[:, k:])                      # (B, T-k, V)
-        # depth k at i and the main model at i+k both predict t_{i+k+1}
-        losses.append(-(teacher[:, k:] * F.log_softmax(logits_k.float(), dim=-1)).sum(-1).mean())
-    return losses
+        yield teacher[:, k:], logits_k.float()
+
+
+def distill_losses(model: MTPModel, tokens: torch.Tensor, loss: DistillLoss = "kl") -> list[torch.Tensor]:
+    """[L^1..L^D]: from the frozen main model's distribution to each depth's, cross-entropy (`kl`) or total
+    variation (`tv`) (module docstring)."""
+    if loss == "kl":
+        return [-(p * F.log_softmax(logits_k, dim=-1)).sum(-1).mean() for p, logits_k in _depths(model, tokens)]
+    return [0.5 * (p - F.softmax(logits_k, dim=-1)).abs().sum(-1).mean() for p, logits_k in _depths(model, tokens)]
+
+
+@torch.no_grad()
+def expected_acceptance(model: MTPModel, tokens: torch.Tensor) -> list[float]:
+    """[a^1..a^D]: each depth's mean sum_v min(p, q) = 1 - TV(p, q) over `tokens` (B, T), the chance a draft it
+    samples at temperature 1 passes speculative sampling, teacher-forced (depth k given the true tokens before)."""
+    return [torch.minimum(p, F.softmax(logits_k, dim=-1)).sum(-1).mean().item()
+            for p, logits_k in _depths(model, tokens)]
 
 
 def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool = True) -> list[dict]:
@@ -112,7 +144,8 @@ def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool 
     model.eval()
     prompts, _ = sample_batch(train, cfg.generated, cfg.prompt_len, rng)         # (N, P)
     t0 = time.perf_counter()
-    generated = greedy_continuations(model, prompts, cfg.seq_len).clone()         # (N, T)
+    generated = continuations(model, prompts, cfg.seq_len, cfg.temperature,
+                              generator=torch.Generator().manual_seed(cfg.seed)).clone()       # (N, T)
     gen_seconds = time.perf_counter() - t0
 
     student = [p for name, p in model.named_parameters() if is_mtp(name)]
@@ -136,7 +169,7 @@ def distill(model: MTPModel, corpus: Corpus, cfg: DistillConfig, progress: bool 
             natural, _ = sample_batch(train, cfg.batch_size - n_gen, cfg.seq_len, rng)
             rows = torch.from_numpy(rng.integers(0, len(generated), n_gen))
             x = torch.cat([natural, generated[rows]]).to(model.head.weight.device)  # (B, T)
-            losses = distill_losses(model, x)
+            losses = distill_losses(model, x, cfg.loss)
             loss = torch.stack(losses).sum()
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(student, cfg.grad_clip)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mtp_lab import CheckpointError, generate, get_preset, load_model, load_pretrained
 from mtp_lab.cli import main as cli_main
 from mtp_lab.data import eval_batches
-from mtp_lab.distill import DistillConfig, distill, distill_losses, greedy_continuations
+from mtp_lab.distill import DistillConfig, continuations, distill, distill_losses, expected_acceptance
 from mtp_lab.model import MTPModel
 from mtp_lab.train import TrainConfig, Trainer, evaluate
 
@@ -28,16 +28,16 @@ def trained(corpus):
     return trainer.model.state_dict()
 
 
-def test_greedy_continuations_equal_generate():
+def test_continuations_equal_generate():
     torch.manual_seed(0)
     model = MTPModel(get_preset("tiny")).eval()
     prompts = torch.randint(0, 64, (5, 7))
-    out = greedy_continuations(model, prompts, total_len=30, batch=2)        # batches of 2, 2 and 1
+    out = continuations(model, prompts, total_len=30, batch=2)        # batches of 2, 2 and 1
     assert out.shape == (5, 30) and torch.equal(out[:, :7], prompts)
     for row, prompt in zip(out, prompts, strict=True):
         assert row[7:].tolist() == generate(model, prompt.tolist(), 23).tokens
     with pytest.raises(ValueError, match="max_seq_len"):
-        greedy_continuations(model, prompts, total_len=65)
+        continuations(model, prompts, total_len=65)
 
 
 def test_distill_loss_is_cross_entropy_from_main_to_each_depth():
@@ -54,6 +54,46 @@ def test_distill_loss_is_cross_entropy_from_main_to_each_depth():
         kl = F.kl_div(q, p, reduction="none").sum(-1).mean()
         entropy = -(p * p.log()).sum(-1).mean()
         assert loss.item() == pytest.approx((kl + entropy).item(), rel=1e-5)
+
+
+def test_tv_loss_and_expected_acceptance_from_the_full_forward():
+    torch.manual_seed(2)
+    model = MTPModel(get_preset("tiny")).eval()
+    x = torch.randint(0, 64, (3, 20))
+    losses, accept = distill_losses(model, x, loss="tv"), expected_acceptance(model, x)
+    out = model(x)                                                            # independent full forward
+    assert len(losses) == len(accept) == 2
+    for k, (loss, a) in enumerate(zip(losses, accept, strict=True), start=1):
+        p, q = out.logits[:, k:].softmax(-1), out.mtp_logits[k - 1].softmax(-1)
+        tv = 0.5 * (p - q).abs().sum(-1)                                      # (B, T-k): total variation
+        assert loss.item() == pytest.approx(tv.mean().item(), rel=1e-5)
+        assert a == pytest.approx(1 - tv.mean().item(), rel=1e-5)             # sum min(p, q) = 1 - TV(p, q)
+    loss = distill_losses(model, x, loss="tv")[0]
+    loss.backward()
+    assert model.mtp[0].eh_proj.weight.grad.abs().sum() > 0                   # it trains the module
+
+
+def test_sampled_continuations_draw_from_the_main_model():
+    """At temperature t each new token is drawn from softmax(logits / t): the first one's counts over 6000 rows of one
+    prompt against the main model's distribution (chi-square, false alarm 1e-6); seeded, the draw repeats."""
+    from test_speculative_sampling import chi2, chi2_quantile
+    torch.manual_seed(3)
+    model = MTPModel(get_preset("tiny")).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(40)                                            # a peaked p: temperature shows
+    prompt = torch.randint(0, 64, (1, 5))
+    for t in (1.0, 0.7):
+        out = continuations(model, prompt.repeat(6000, 1), total_len=7, temperature=t,
+                            generator=torch.Generator().manual_seed(0))
+        assert out.shape == (6000, 7) and torch.equal(out[:, :5], prompt.repeat(6000, 1))
+        with torch.no_grad():
+            P = (model.forward_main(prompt)[0][0, -1] / t).softmax(-1)          # (V,)
+        counts = torch.bincount(out[:, 5], minlength=P.numel()).double()
+        stat, df = chi2(counts[None], P.double()[None])
+        assert stat < chi2_quantile(df), (t, stat, df)
+        again = continuations(model, prompt.repeat(6000, 1), total_len=7, temperature=t,
+                              generator=torch.Generator().manual_seed(0))
+        assert torch.equal(out, again)
 
 
 def kl_to_main(model, x) -> float:
@@ -87,6 +127,22 @@ def test_distill_trains_only_the_mtp_modules_and_raises_agreement(corpus, traine
     assert all(a1 > a0 for a0, a1 in zip(agree0, agree1, strict=True)), (agree0, agree1)
 
 
+def test_tv_distillation_on_sampled_text_raises_sampled_acceptance(corpus, trained):
+    model = MTPModel(get_preset("tiny", vocab_size=VOCAB))
+    model.load_state_dict(trained)
+    model.eval()
+    prompts = eval_batches(corpus.splits["val"], 1, 16, 8)[0][0]
+    text = continuations(model, prompts, 32, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    before = expected_acceptance(model, text)
+    cfg = DistillConfig(steps=80, lr=3e-3, warmup=5, batch_size=8, seq_len=32, generated=32, prompt_len=8, seed=0,
+                        loss="tv", temperature=1.0)
+    records = distill(model, corpus, cfg, progress=False)
+    assert all(0 <= d <= 1 for r in records for d in r["depth"])               # TV, not a cross-entropy of nats
+    after = expected_acceptance(model, text)
+    # TV(p, q) = 1 - acceptance falls by a third at least on every depth (measured: by 45 %)
+    assert all(1 - a1 < 0.67 * (1 - a0) for a0, a1 in zip(before, after, strict=True)), (before, after)
+
+
 def test_distill_errors(corpus):
     with pytest.raises(ValueError, match="no MTP modules"):
         distill(MTPModel(get_preset("tiny", vocab_size=VOCAB, mtp_depth=0)), corpus,
@@ -95,6 +151,10 @@ def test_distill_errors(corpus):
         DistillConfig(steps=0)
     with pytest.raises(ValueError, match="prompt_len"):
         DistillConfig(seq_len=32, prompt_len=32)
+    with pytest.raises(ValueError, match="loss 'js'.*'kl', 'tv'"):
+        DistillConfig(loss="js")
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        DistillConfig(temperature=-1.0)
     with pytest.raises(ValueError, match="max_seq_len"):
         distill(MTPModel(get_preset("tiny", vocab_size=VOCAB)), corpus, DistillConfig(seq_len=128))
 
@@ -118,6 +178,8 @@ def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
     assert meta["distill_config"]["steps"] == 3 and meta["distill_seconds"] >= 0
     metrics = json.loads((export / "metrics.json").read_text())
     assert "greedy_acceptance" in metrics and "greedy_acceptance" in metrics["undistilled"]
+    for m in (metrics, metrics["undistilled"]):
+        assert len(m["sampled_acceptance"]["depth"]) == 2 and all(0 < a <= 1 for a in m["sampled_acceptance"]["depth"])
     # the undistilled MTP modules are kept: with them the export is the trained model again
     before, _ = load_pretrained(export, mtp="undistilled")
     for (name, a), b in zip(trained.state_dict().items(), before.state_dict().values(), strict=True):
@@ -130,8 +192,9 @@ def test_train_cli_distills_the_export_only(tmp_path, sample_root, capsys):
     again = tmp_path / "again"
     assert cli_main(["distill", "--checkpoint", str(out), "--out", str(again), "--root", str(sample_root),
                      "--steps", "2", "--batch-size", "4", "--seq-len", "32", "--generated", "8",
-                     "--prompt-len", "8", "--threads", "1"]) == 0
+                     "--prompt-len", "8", "--threads", "1", "--loss", "tv", "--temperature", "1"]) == 0
     meta = json.loads((again / "config.json").read_text())
+    assert (meta["distill_config"]["loss"], meta["distill_config"]["temperature"]) == ("tv", 1.0)
     assert meta["distilled_from"] == str(out) and meta["weights_dtype"] == "float32"   # the source's dtype
     assert torch.equal(load_model(out).head.weight, trained.head.weight)
     # distilling a distilled model keeps the ORIGINAL undistilled modules

@@ -395,7 +395,8 @@ def test_distill_writes_only_float_weights(run, tmp_path, capsys, monkeypatch):
 def test_a_nonfinite_distillation_writes_nothing(distill_args, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MTP_LAB_CACHE", str(tmp_path / "cache"))
     real = mtp_lab.distill.distill_losses
-    monkeypatch.setattr(mtp_lab.distill, "distill_losses", lambda m, x: [d * float("nan") for d in real(m, x)])
+    monkeypatch.setattr(mtp_lab.distill, "distill_losses",
+                        lambda m, x, loss: [d * float("nan") for d in real(m, x, loss)])
     assert cli_main(distill_args + ["--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]                       # after the progress bar
     assert re.search(r"distillation step 1: loss nan.*not finite; stopped before the update, nothing written", err)

@@ -162,7 +162,8 @@ def test_cli_train_resume_and_export(sample_root, tmp_path, monkeypatch, capsys)
     state = json.loads((out / "trainer.json").read_text())
     assert state["step"] == 5 and state["train_config"]["lam"] == 0.2
     metrics = json.loads((export / "metrics.json").read_text())
-    assert set(metrics) == {"val", "test", "greedy_acceptance"} and len(metrics["test"]["acc"]) == 1
+    assert set(metrics) == {"val", "test", "greedy_acceptance", "sampled_acceptance"}
+    assert len(metrics["test"]["acc"]) == len(metrics["sampled_acceptance"]["depth"]) == 1
     assert 0 <= metrics["greedy_acceptance"]["acceptance_rate"] <= 1
     assert json.loads((export / "config.json").read_text())["weights_dtype"] == "bfloat16"
     assert cli_main(common + ["--resume", "--mtp-depth", "2"]) == 2          # conflicting override
