@@ -88,8 +88,8 @@ def continuations(model: MTPModel, prompts: torch.Tensor, total_len: int, temper
     softmax(logits / temperature) with `generator`."""
     if total_len > model.config.max_seq_len:
         raise ValueError(f"total_len {total_len} exceeds max_seq_len {model.config.max_seq_len}")
-    out = []
-    for rows in prompts.split(batch):                                           # (b, P)
+    out, device = [], model.head.weight.device
+    for rows in prompts.to(device).split(batch):                                # (b, P)
         cache = model.new_cache(batch=rows.shape[0])
         seq, feed = [rows], rows
         for _ in range(total_len - rows.shape[1]):
@@ -98,7 +98,8 @@ def continuations(model: MTPModel, prompts: torch.Tensor, total_len: int, temper
                 feed = logits[:, -1].argmax(-1, keepdim=True)                     # (b, 1)
             else:
                 probs = probs_from_logits(logits[:, -1], temperature)             # (b, V)
-                feed = torch.multinomial(probs, 1, generator=generator)           # (b, 1)
+                # drawn on the CPU, where `generator` lives: the same draws on every device
+                feed = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)   # (b, 1)
             seq.append(feed)
         out.append(torch.cat(seq, dim=1))                                         # (b, total_len)
     return torch.cat(out)

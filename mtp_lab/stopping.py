@@ -26,8 +26,8 @@ well; sampled, it passes with chance 1 - TV(p, q) on average, which the drafter'
 
 How much could a better signal add? The records also keep each draft's true chance to pass once reached,
 sum_x min(p_j(x), q_j(x)) = 1 - TV(p_j, q_j) (greedy: 1 or 0), known only after the verify forward. The same rule fed
-that chance in place of max q is an oracle: no head trained to predict acceptance from what the drafter knows (as
-SpecDec++ does) can beat it by more than its binning costs, so its gain bounds what such a head could add.
+that chance in place of max q is an oracle: a head trained to predict a draft's acceptance from what the drafter
+knows before it draws (as SpecDec++ does) cannot know more, so the oracle's gain bounds what such a head could add.
 """
 
 from __future__ import annotations

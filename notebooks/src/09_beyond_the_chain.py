@@ -439,8 +439,8 @@ for name, r in best_rows(sampled["rows"]).items():
 # adaptive drafter's cost rule (each draft weighed against the rate, as in the tree) are scored on the same steps with
 # the measured $c$ and $v(n)$. The rule is fitted on half the prompts and scored on the other half. The *oracle* is
 # the same rule told each draft's true chance to pass, $1 - \mathrm{TV}(p_j, q_j)$, which only the verify forward
-# knows: no predictor of acceptance can do better. The stored runs, greedy and sampled, with the acceptance of the
-# first draft by the drafter's confidence:
+# knows: no predictor of a draft's acceptance made before the draft is drawn can know more. The stored runs, greedy
+# and sampled, with the acceptance of the first draft by the drafter's confidence:
 
 # %% tags=["nbval-check-output"]
 for file in ("stopping_t0.json", "stopping_t1.json"):
