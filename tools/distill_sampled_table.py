@@ -3,7 +3,8 @@ for sampling, from the stored results in docs/results/distill_sampled/ (written 
 
     python tools/distill_sampled_table.py    # ~10 s: the shipped modules' sampled acceptance, then the table
 
-metrics_NAME.json is the metrics.json of `mtp-lab distill --out runs/NAME ...`; bench_t1_NAME.json and
+metrics_NAME.json and config_NAME.json are the metrics.json and config.json of `mtp-lab distill --out runs/NAME ...`
+(its DistillConfig: loss, temperature, steps); bench_t1_NAME.json and
 bench_t0_NAME.json are `mtp-lab bench --checkpoint runs/NAME --json ...` at temperature 1 and greedy (NAME shipped:
 no --checkpoint). The shipped model's metrics.json predates sampled_acceptance, so it is measured here, as
 `mtp-lab distill` measures it (mtp_lab.metrics.sampled_acceptance).
@@ -11,6 +12,7 @@ no --checkpoint). The shipped model's metrics.json predates sampled_acceptance, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,15 +21,12 @@ import torch
 from mtp_lab import load_pretrained
 from mtp_lab.checkpoint import PRETRAINED_DIR
 from mtp_lab.data import build_corpus
+from mtp_lab.distill import DistillConfig
 from mtp_lab.metrics import sampled_acceptance
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "distill_sampled"
-RUNS = {  # name: (loss, continuations, steps)
-    "shipped": ("cross-entropy", "greedy", 300),
-    "kl0": ("cross-entropy", "greedy", 1000),
-    "kl1": ("cross-entropy", "sampled, T = 1", 1000),
-    "tv": ("total variation", "sampled, T = 1", 1000),
-}
+RUNS = ("shipped", "kl0", "kl1", "tv")       # the shipped modules, then runs/NAME of the commands in docs/training.md
+LOSSES = {"kl": "cross-entropy", "tv": "total variation"}
 
 
 def _row(rows: list[dict], drafter: str, k: int) -> dict | None:
@@ -43,12 +42,15 @@ def main() -> None:
           "first-draft acceptance | T = 1: chain speed-up, k = 2 / 3 / 4 (tokens per verify at k = 4) | greedy: chain "
           "k = 4 tokens per verify; adaptive k = 32 speed-up |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, (loss, text, steps) in RUNS.items():
+    for name in RUNS:
         path = RESULTS / f"metrics_{name}.json"
         if name != "shipped" and not path.is_file():
             continue
         m = shipped if name == "shipped" else json.loads(path.read_text())
-        cells = [name, loss, text, str(steps),
+        config = PRETRAINED_DIR / "config.json" if name == "shipped" else RESULTS / f"config_{name}.json"
+        dc = {**dataclasses.asdict(DistillConfig()), **json.loads(config.read_text())["distill_config"]}
+        text = "greedy" if dc["temperature"] == 0 else f"sampled, T = {dc['temperature']:g}"
+        cells = [name, LOSSES[dc["loss"]], text, str(dc["steps"]),
                  " / ".join(f"{a:.3f}" for a in m["sampled_acceptance"]["depth"]),
                  " / ".join(f"{a:.3f}" for a in m["test"]["agree"]),
                  f"{m['greedy_acceptance']['acceptance_rate']:.3f}"]
